@@ -1,0 +1,57 @@
+// Deterministic finalize: out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]],
+// accumulated in fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
+// One block per token; each thread owns 8 consecutive columns (one 16-byte vector; H % 8 == 0).
+#include "common/ptx.cuh"
+
+constexpr int FINALIZE_THREADS = 128;
+
+struct alignas(16) Vec8 {
+  u32 w[4];
+};
+
+template <typename Elem>
+DEV void store8(Elem* dst, const float (&v)[8]) {
+  Vec8 packed;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) packed.w[q] = pack2(dst, v[2 * q], v[2 * q + 1]);
+  *reinterpret_cast<Vec8*>(dst) = packed;
+}
+DEV void store8(float* dst, const float (&v)[8]) {
+  reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+template <typename Elem, typename OutT>
+DEV void finalize(const Elem* __restrict__ y, const int* __restrict__ expanded_to_permuted,
+                  const float* __restrict__ topk_weights, int k, int hidden,
+                  OutT* __restrict__ out) {
+  const i64 t = blockIdx.x;
+  for (int c = threadIdx.x * 8; c < hidden; c += FINALIZE_THREADS * 8) {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < k; ++j) {
+      const int p = expanded_to_permuted[t * k + j];
+      if (p < 0) continue;
+      const float w = topk_weights[t * k + j];
+      const Vec8 v = *reinterpret_cast<const Vec8*>(y + (i64)p * hidden + c);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f = unpack2((Elem*)nullptr, v.w[q]);
+        acc[2 * q] += w * f.x;
+        acc[2 * q + 1] += w * f.y;
+      }
+    }
+    store8(out + t * hidden + c, acc);
+  }
+}
+
+#define MOEFUSE_FINALIZE_ENTRY(NAME, ELEM, OUT)                                              \
+  extern "C" __global__ void __launch_bounds__(FINALIZE_THREADS)                             \
+      NAME(const ELEM* y, const int* expanded_to_permuted, const float* topk_weights, int k, \
+           int hidden, OUT* out) {                                                           \
+    finalize<ELEM, OUT>(y, expanded_to_permuted, topk_weights, k, hidden, out);              \
+  }
+
+MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_bf16, Bf16, Bf16)
+MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_f32, Bf16, float)
+MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f16, F16, F16)
+MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f32, F16, float)

@@ -1,0 +1,216 @@
+// Routing: top-k softmax of router logits, and the routing plan (expert offsets, permutation maps,
+// per-tile schedule) built on the device with no host synchronisation.
+//
+// Plan pipeline over the T*k expanded indices i = t*k + j, in chunks of PLAN_CHUNK:
+//   1. plan_rank:          rank[i] = #earlier entries of the same chunk routed to the same expert;
+//                          the last such entry writes the chunk's count to chunk_count[e][chunk].
+//   2. plan_scan_chunks:   per expert, exclusive scan of chunk_count over chunks (in place) and the
+//                          expert's total.
+//   3. plan_expert_offsets: scan of the experts' totals padded to tile_m -> expert_offsets, and the
+//                          tile schedule tile_expert[tile] (pre-filled with -1).
+//   4. plan_scatter:       permuted row of i = expert_offsets[e] + chunk_count[e][chunk] + rank[i].
+// The order inside an expert's segment is ascending expanded index, so the plan is deterministic.
+#include "common/ptx.cuh"
+
+constexpr int PLAN_CHUNK = 512;  // entries per plan_rank / plan_scatter block
+constexpr int SCAN_THREADS = 1024;
+constexpr int TOPK_WARPS = 8;
+
+DEV int warp_inclusive_scan(int v) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int other = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += other;
+  }
+  return v;
+}
+
+// Exclusive scan of one value per thread over the block; returns the block total in `total`.
+// Needs SCAN_THREADS / 32 ints of shared scratch; callable repeatedly (it syncs before reuse).
+DEV int block_exclusive_scan(int v, int* scratch, int& total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int inclusive = warp_inclusive_scan(v);
+  __syncthreads();
+  if (lane == 31) scratch[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    const int s = lane < warps ? scratch[lane] : 0;
+    const int s_incl = warp_inclusive_scan(s);
+    if (lane < warps) scratch[lane] = s_incl - s;
+    if (lane == 31) scratch[32] = s_incl;
+  }
+  __syncthreads();
+  total = scratch[32];
+  return scratch[warp] + inclusive - v;
+}
+
+template <typename IdT>
+DEV int local_expert(const IdT* ids, int i, int first_expert, int num_local) {
+  const i64 e = (i64)ids[i] - first_expert;
+  return (e >= 0 && e < num_local) ? (int)e : -1;
+}
+
+template <typename IdT>
+DEV void plan_rank(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
+                   int num_local, int num_chunks, int* __restrict__ rank,
+                   int* __restrict__ chunk_count) {
+  __shared__ int experts[PLAN_CHUNK];
+  const int base = blockIdx.x * PLAN_CHUNK, i = base + threadIdx.x;
+  const int n = min(PLAN_CHUNK, n_expanded - base);
+  const int e = i < n_expanded ? local_expert(topk_ids, i, first_expert, num_local) : -1;
+  experts[threadIdx.x] = e;
+  __syncthreads();
+  if (e < 0) return;
+  int before = 0;
+  bool last = true;
+  for (int j = 0; j < n; ++j) {
+    const bool same = experts[j] == e;
+    before += same && j < (int)threadIdx.x;
+    last = last && !(same && j > (int)threadIdx.x);
+  }
+  rank[i] = before;
+  if (last) chunk_count[(i64)e * num_chunks + blockIdx.x] = before + 1;
+}
+
+extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
+    plan_rank_i32(const int* topk_ids, int n_expanded, int first_expert, int num_local,
+                  int num_chunks, int* rank, int* chunk_count) {
+  plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count);
+}
+extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
+    plan_rank_i64(const i64* topk_ids, int n_expanded, int first_expert, int num_local,
+                  int num_chunks, int* rank, int* chunk_count) {
+  plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count);
+}
+
+// One block per expert: chunk_count[e][:] becomes its exclusive prefix; expert_counts[e] the total.
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+    plan_scan_chunks(int* chunk_count, int num_chunks, int* expert_counts) {
+  __shared__ int scratch[33];
+  int* row = chunk_count + (i64)blockIdx.x * num_chunks;
+  int carry = 0;
+  for (int c0 = 0; c0 < num_chunks; c0 += SCAN_THREADS) {
+    const int c = c0 + threadIdx.x;
+    const int v = c < num_chunks ? row[c] : 0;
+    int total;
+    const int prefix = block_exclusive_scan(v, scratch, total);
+    if (c < num_chunks) row[c] = carry + prefix;
+    carry += total;
+  }
+  if (threadIdx.x == 0) expert_counts[blockIdx.x] = carry;
+}
+
+// One block: expert_offsets[e] = sum over e' < e of expert_counts[e'] rounded up to tile_m, and
+// tile_expert[t] = e for each of expert e's tiles (the rest stay -1).
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+    plan_expert_offsets(const int* expert_counts, int num_local, int tile_m, int* expert_offsets,
+                        int* tile_expert) {
+  __shared__ int scratch[33];
+  int carry = 0;
+  for (int e0 = 0; e0 < num_local; e0 += SCAN_THREADS) {
+    const int e = e0 + threadIdx.x;
+    const int tiles = e < num_local ? (expert_counts[e] + tile_m - 1) / tile_m : 0;
+    int total;
+    const int first_tile = carry + block_exclusive_scan(tiles, scratch, total);
+    if (e < num_local) {
+      expert_offsets[e] = first_tile * tile_m;
+      for (int t = 0; t < tiles; ++t) tile_expert[first_tile + t] = e;
+    }
+    carry += total;
+  }
+  if (threadIdx.x == 0) expert_offsets[num_local] = carry * tile_m;
+}
+
+template <typename IdT>
+DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
+                      int num_local, int num_chunks, const int* __restrict__ rank,
+                      const int* __restrict__ chunk_prefix, const int* __restrict__ expert_offsets,
+                      int* __restrict__ permuted_to_expanded,
+                      int* __restrict__ expanded_to_permuted) {
+  const int i = blockIdx.x * PLAN_CHUNK + threadIdx.x;
+  if (i >= n_expanded) return;
+  const int e = local_expert(topk_ids, i, first_expert, num_local);
+  int p = -1;
+  if (e >= 0) {
+    p = expert_offsets[e] + chunk_prefix[(i64)e * num_chunks + blockIdx.x] + rank[i];
+    permuted_to_expanded[p] = i;
+  }
+  expanded_to_permuted[i] = p;
+}
+
+extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
+    plan_scatter_i32(const int* topk_ids, int n_expanded, int first_expert, int num_local,
+                     int num_chunks, const int* rank, const int* chunk_prefix,
+                     const int* expert_offsets, int* permuted_to_expanded,
+                     int* expanded_to_permuted) {
+  plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,
+               expert_offsets, permuted_to_expanded, expanded_to_permuted);
+}
+extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
+    plan_scatter_i64(const i64* topk_ids, int n_expanded, int first_expert, int num_local,
+                     int num_chunks, const int* rank, const int* chunk_prefix,
+                     const int* expert_offsets, int* permuted_to_expanded,
+                     int* expanded_to_permuted) {
+  plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,
+               expert_offsets, permuted_to_expanded, expanded_to_permuted);
+}
+
+// One warp per token: softmax over E logits, then the k largest (ties to the lower expert id),
+// found one at a time as the largest key strictly below the previous pick. O(k * E / 32) per warp.
+// NaN logits give an unspecified choice.
+extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
+    topk_softmax(const float* __restrict__ logits, int num_tokens, int num_experts, int k,
+                 int renormalize, float* __restrict__ topk_weights, int* __restrict__ topk_ids) {
+  const int lane = threadIdx.x % 32;
+  const int t = blockIdx.x * TOPK_WARPS + threadIdx.x / 32;
+  if (t >= num_tokens) return;
+  const float* row = logits + (i64)t * num_experts;
+
+  float row_max = -positive_inf();
+  for (int e = lane; e < num_experts; e += 32) row_max = fmaxf(row_max, row[e]);
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2)
+    row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, d));
+  float denom = 0.0f;
+  for (int e = lane; e < num_experts; e += 32) denom += __expf(row[e] - row_max);
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2) denom += __shfl_xor_sync(0xffffffffu, denom, d);
+
+  float prev_value = positive_inf();
+  int prev_id = -1;
+  float picked_sum = 0.0f;
+  float* weights_out = topk_weights + (i64)t * k;
+  for (int j = 0; j < k; ++j) {
+    float best = -positive_inf();
+    int best_id = num_experts;
+    for (int e = lane; e < num_experts; e += 32) {
+      const float v = row[e];
+      const bool below_prev = v < prev_value || (v == prev_value && e > prev_id);
+      if (below_prev && (v > best || (v == best && e < best_id))) {
+        best = v;
+        best_id = e;
+      }
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, d);
+      const int other_id = __shfl_xor_sync(0xffffffffu, best_id, d);
+      if (other > best || (other == best && other_id < best_id)) {
+        best = other;
+        best_id = other_id;
+      }
+    }
+    const float weight = __expf(best - row_max) / denom;
+    picked_sum += weight;
+    if (lane == 0) {
+      weights_out[j] = weight;
+      topk_ids[(i64)t * k + j] = best_id;
+    }
+    prev_value = best;
+    prev_id = best_id;
+  }
+  if (!renormalize) return;
+  __syncwarp();
+  for (int j = lane; j < k; j += 32) weights_out[j] /= picked_sum;
+}

@@ -1,0 +1,237 @@
+// Portable grouped GEMM for the MoE expert layers (sm_80 and newer): mma.sync m16n8k16 tensor-core
+// MMAs fed from a STAGES-deep cp.async shared-memory ring.
+//
+// One CTA computes a BM x BN tile of one expert. The routing plan pads every expert's segment of
+// the permuted rows to a multiple of BM, so M tile `i` covers permuted rows [i*BM, (i+1)*BM) of
+// expert tile_expert[i] (-1: no work). Rows whose permuted_to_expanded entry is -1 are padding:
+// they load as zeros and are never stored.
+//
+//   GEMM1 (gather + SwiGLU):  h[p, j]   = silu(x[tok] . w1[e, j] + b1[e, j]) * (x[tok] . w1[e, I+j]
+//   + b1[e, I+j]) GEMM2 (store):            y[p, n]   = h[p] . w2[e, n] + b2[e, n] GEMM2
+//   (scatter-add):      out[tok, n] += topk_weight[p] * (h[p] . w2[e, n] + b2[e, n])
+// where tok = permuted_to_expanded[p] / top_k.
+#include "../common/ptx.cuh"
+
+namespace sm80 {
+
+constexpr int BN = 128;  // accumulator columns per CTA (GEMM1: 64 gate + 64 up, interleaved by 8)
+constexpr int BK = 32;
+constexpr int STAGES = 4;
+constexpr int THREADS = 256;  // 8 warps: 2 along M x 4 along N
+constexpr int SMEM_LD =
+    BK + 8;  // padded 80-byte rows: the 8 rows of an ldmatrix hit distinct banks
+constexpr int CHUNKS_PER_ROW = BK / 8;  // 16-byte cp.async chunks per tile row
+
+enum class ASource { GatherTokens, PermutedRows };
+enum class Epilogue { SwiGLU, Store, ScatterAdd };
+
+template <int BM>
+struct Smem {
+  static constexpr int A_STAGE = BM * SMEM_LD;
+  static constexpr int B_STAGE = BN * SMEM_LD;
+  static constexpr int BYTES = STAGES * (A_STAGE + B_STAGE) * 2;
+};
+
+// Row of w1 feeding accumulator column `r` of a GEMM1 tile: groups of 8 columns alternate gate/up,
+// so each thread ends up holding the gate and up value of the same output column.
+DEV int swiglu_weight_row(int r, int n_tile, int inter, bool& valid) {
+  const int col = n_tile * (BN / 2) + (r >> 4) * 8 + (r & 7);
+  valid = col < inter;
+  return ((r >> 3) & 1) * inter + col;
+}
+
+template <typename Elem, int BM, ASource A_SRC, Epilogue EPI, typename OutT>
+DEV void grouped_gemm(const Elem* __restrict__ a, const Elem* __restrict__ w,
+                      const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
+                      const int* __restrict__ permuted_to_expanded,
+                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
+                      int top_k) {
+  constexpr int WM = BM / 2;  // warp tile: WM x 32
+  constexpr int MT = WM / 16;
+  constexpr int NT = 4;
+  constexpr int A_LOADS = BM * CHUNKS_PER_ROW / THREADS;
+  constexpr int B_LOADS = BN * CHUNKS_PER_ROW / THREADS;
+  static_assert(A_LOADS >= 1 && B_LOADS >= 1, "tile too small for the loader");
+  static_assert(MT >= 1, "BM must be a multiple of 32");
+
+  const int expert = tile_expert[blockIdx.x];
+  if (expert < 0) return;
+  const int m_base = blockIdx.x * BM;
+  const int n_tile = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp / 4, wn = warp % 4;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Elem* smem_a = reinterpret_cast<Elem*>(smem_raw);
+  Elem* smem_b = smem_a + STAGES * Smem<BM>::A_STAGE;
+
+  // Each thread copies the same rows and 16-byte column chunk at every K step: resolve them once.
+  const int chunk = tid % CHUNKS_PER_ROW;
+  const Elem* a_row[A_LOADS];
+  bool a_ok[A_LOADS];
+#pragma unroll
+  for (int i = 0; i < A_LOADS; ++i) {
+    const int p = m_base + tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+    const int expanded = permuted_to_expanded[p];
+    a_ok[i] = expanded >= 0;
+    const i64 src_row = A_SRC == ASource::GatherTokens ? expanded / top_k : p;
+    a_row[i] = a + (a_ok[i] ? src_row * K : 0) + chunk * 8;
+  }
+  const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
+  const Elem* b_row[B_LOADS];
+  bool b_ok[B_LOADS];
+#pragma unroll
+  for (int i = 0; i < B_LOADS; ++i) {
+    const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+    int row;
+    if (EPI == Epilogue::SwiGLU) {
+      row = swiglu_weight_row(r, n_tile, N, b_ok[i]);
+    } else {
+      row = n_tile * BN + r;
+      b_ok[i] = row < N;
+    }
+    b_row[i] = w + ((i64)expert * w_rows + (b_ok[i] ? row : 0)) * K + chunk * 8;
+  }
+
+  auto load_stage = [&](int stage, int k_tile) {
+    const int k = k_tile * BK + chunk * 8;
+    const bool k_ok = k < K;  // K % 8 == 0, so a chunk is wholly inside or outside
+    Elem* sa = smem_a + stage * Smem<BM>::A_STAGE;
+    Elem* sb = smem_b + stage * Smem<BM>::B_STAGE;
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+      const bool ok = a_ok[i] && k_ok;
+      cp_async_16(sa + r * SMEM_LD + chunk * 8, ok ? a_row[i] + k_tile * BK : a, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+      const bool ok = b_ok[i] && k_ok;
+      cp_async_16(sb + r * SMEM_LD + chunk * 8, ok ? b_row[i] + k_tile * BK : w, ok ? 16 : 0);
+    }
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;
+
+  const int k_tiles = (K + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < k_tiles) load_stage(s, s);
+    cp_async_commit();
+  }
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread's copies)
+    __syncthreads();              // ... for every thread's; and stage kt-1 is free to refill
+    const int next = kt + STAGES - 1;
+    if (next < k_tiles) load_stage(next % STAGES, next);
+    cp_async_commit();
+
+    const Elem* sa = smem_a + (kt % STAGES) * Smem<BM>::A_STAGE;
+    const Elem* sb = smem_b + (kt % STAGES) * Smem<BM>::B_STAGE;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      u32 a_frag[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row = wm * WM + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(a_frag[mt], sa + row * SMEM_LD + kk + (lane / 16) * 8);
+      }
+      u32 b_frag[NT / 2][4];
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        const int row = wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8;
+        ldmatrix_x4(b_frag[np], sb + row * SMEM_LD + kk + ((lane / 8) % 2) * 8);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          mma_16816(acc[mt][nt], a_frag[mt], b_frag[nt / 2][(nt % 2) * 2],
+                    b_frag[nt / 2][(nt % 2) * 2 + 1], (Elem*)nullptr);
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue. Accumulator (mt, nt, q) of this thread is tile row wm*WM + mt*16 + lane/4 + 8*(q/2),
+  // tile column wn*32 + nt*8 + 2*(lane%4) + q%2; (q, q+1) for even q are adjacent columns.
+  const Elem* expert_bias = bias ? bias + (i64)expert * w_rows : nullptr;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int p = m_base + wm * WM + mt * 16 + lane / 4 + half * 8;
+      const int expanded = permuted_to_expanded[p];
+      if (expanded < 0) continue;
+      if (EPI == Epilogue::SwiGLU) {
+#pragma unroll
+        for (int j = 0; j < NT / 2; ++j) {
+          const int col = n_tile * (BN / 2) + wn * 16 + j * 8 + 2 * (lane % 4);
+          if (col >= N) continue;
+          float g0 = acc[mt][2 * j][2 * half], g1 = acc[mt][2 * j][2 * half + 1];
+          float u0 = acc[mt][2 * j + 1][2 * half], u1 = acc[mt][2 * j + 1][2 * half + 1];
+          if (expert_bias) {
+            g0 += to_float(expert_bias[col]);
+            g1 += to_float(expert_bias[col + 1]);
+            u0 += to_float(expert_bias[N + col]);
+            u1 += to_float(expert_bias[N + col + 1]);
+          }
+          *reinterpret_cast<u32*>(out + (i64)p * N + col) =
+              pack2((Elem*)nullptr, silu(g0) * u0, silu(g1) * u1);
+        }
+      } else {
+        const float scale = EPI == Epilogue::ScatterAdd ? topk_weights[expanded] : 1.0f;
+        const i64 out_row = EPI == Epilogue::ScatterAdd ? (i64)(expanded / top_k) : (i64)p;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int col = n_tile * BN + wn * 32 + nt * 8 + 2 * (lane % 4);
+          if (col >= N) continue;
+          float v0 = acc[mt][nt][2 * half], v1 = acc[mt][nt][2 * half + 1];
+          if (expert_bias) {
+            v0 += to_float(expert_bias[col]);
+            v1 += to_float(expert_bias[col + 1]);
+          }
+          OutT* dst = out + out_row * N + col;
+          if (EPI == Epilogue::Store) {
+            *reinterpret_cast<u32*>(dst) = pack2((Elem*)nullptr, v0, v1);
+          } else {
+            red_add2(dst, scale * v0, scale * v1);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sm80
+
+// Entry points: one per (dtype, BM, variant). Launch: grid (max_tiles, n_tiles), THREADS threads,
+// Smem<BM>::BYTES dynamic shared memory. The host side (moefuse/kernels.py) mirrors these names.
+#define MOEFUSE_GEMM_ENTRY(NAME, ELEM, BM, ASRC, EPI, OUT)                                     \
+  extern "C" __global__ void __launch_bounds__(sm80::THREADS, 2)                               \
+      NAME(const ELEM* a, const ELEM* w, const ELEM* bias, const int* tile_expert,             \
+           const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N, \
+           int top_k) {                                                                        \
+    sm80::grouped_gemm<ELEM, BM, sm80::ASource::ASRC, sm80::Epilogue::EPI, OUT>(               \
+        a, w, bias, tile_expert, permuted_to_expanded, topk_weights, out, K, N, top_k);        \
+  }
+
+#define MOEFUSE_GEMM_ENTRIES(TAG, ELEM, BM)                                                       \
+  MOEFUSE_GEMM_ENTRY(gemm1_swiglu_##TAG##_m##BM, ELEM, BM, GatherTokens, SwiGLU, ELEM)            \
+  MOEFUSE_GEMM_ENTRY(gemm2_store_##TAG##_m##BM, ELEM, BM, PermutedRows, Store, ELEM)              \
+  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_##TAG, ELEM, BM, PermutedRows, ScatterAdd, \
+                     ELEM)                                                                        \
+  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_f32, ELEM, BM, PermutedRows, ScatterAdd,   \
+                     float)
+
+MOEFUSE_GEMM_ENTRIES(bf16, Bf16, 64)
+MOEFUSE_GEMM_ENTRIES(bf16, Bf16, 128)
+MOEFUSE_GEMM_ENTRIES(f16, F16, 64)
+MOEFUSE_GEMM_ENTRIES(f16, F16, 128)

@@ -1,0 +1,50 @@
+"""Taking arrays from users: CuPy arrays as they are, foreign GPU arrays without a copy."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from ._device import require_gpu
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT16 = np.dtype(np.float16)
+FLOAT32 = np.dtype(np.float32)
+ACTIVATION_DTYPES = (BFLOAT16, FLOAT16)
+DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def as_device_array(obj, name: str):
+    """`obj` as a CuPy array sharing its memory; TypeError naming `name` for host arrays.
+
+    PyTorch and JAX arrays come through DLPack (their `__cuda_array_interface__`, where present,
+    has no bf16 type code); anything else exposing `__cuda_array_interface__` through CuPy."""
+    if isinstance(obj, np.ndarray) or np.isscalar(obj):
+        raise TypeError(
+            f"{name} must be a GPU array (CuPy, PyTorch or JAX on a CUDA device), got a host "
+            f"{type(obj).__name__}; move it to the GPU first, e.g. cupy.asarray({name})"
+        )
+    dlpack_device = getattr(obj, "__dlpack_device__", None)
+    if dlpack_device is not None and dlpack_device()[0] not in DLPACK_CUDA_DEVICES:
+        raise TypeError(f"{name} must live on a CUDA device; it is on DLPack device {dlpack_device()}")
+    if not (hasattr(obj, "__dlpack__") or hasattr(obj, "__cuda_array_interface__")):
+        raise TypeError(f"{name} must be a GPU array (CuPy, PyTorch or JAX), got {type(obj).__name__}")
+    require_gpu()
+    import cupy
+
+    if isinstance(obj, cupy.ndarray):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        return cupy.from_dlpack(obj)
+    return cupy.asarray(obj)
+
+
+def optional_device_array(obj, name: str):
+    return None if obj is None else as_device_array(obj, name)
+
+
+def contiguous(array):
+    """C-contiguous `array`, copied only when it is not already (a documented copy)."""
+    import cupy
+
+    return array if array.flags.c_contiguous else cupy.ascontiguousarray(array)

@@ -1,0 +1,88 @@
+"""The on-disk cubin cache and the per-device module memo.
+
+A cache entry's name carries a key over everything that determines the cubin: the module, every
+source byte, the architecture, the NVRTC version and the options. Entries are published
+atomically (written under a temporary name in the same folder, then renamed), so concurrent
+processes never load a half-written cubin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from . import _nvrtc, _sources
+
+CACHE_ENV = "MOEFUSE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "moefuse"
+
+
+def cache_key(module: str, arch: str, root: Path) -> str:
+    parts = [
+        module,
+        _sources.MODULES[module],
+        _sources.source_digest(root),
+        arch,
+        _nvrtc.nvrtc_version(),
+        *_nvrtc.compile_options(arch, Path("cuda_src")),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def cubin_path(module: str, arch: str, root: Path, directory: Path) -> Path:
+    return directory / f"{module}-{arch}-{cache_key(module, arch, root)[:24]}.cubin"
+
+
+def publish(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def compile_module(
+    module: str,
+    arch: str,
+    *,
+    root: Path | None = None,
+    directory: Path | None = None,
+    force: bool = False,
+) -> tuple[Path, _nvrtc.CompileResult | None]:
+    """Path of the module's cubin for `arch`, compiling and publishing it unless cached (or
+    `force`). Returns the compile result too when this call compiled (None on a cache hit)."""
+    root = root or _sources.source_root()
+    path = cubin_path(module, arch, root, directory or cache_dir())
+    if path.is_file() and not force:
+        return path, None
+    result = _nvrtc.compile_cubin(root / _sources.MODULES[module], arch, include_dir=root)
+    publish(path, result.cubin)
+    return path, result
+
+
+_loaded: dict[tuple[int, str], object] = {}
+_lock = threading.Lock()
+
+
+def load_module(module: str, device_id: int, arch: str):
+    """The module as a `cupy.RawModule` on `device_id`, loaded once per process and device."""
+    import cupy
+
+    with _lock:
+        key = (device_id, module)
+        if key not in _loaded:
+            path, _ = compile_module(module, arch)
+            with cupy.cuda.Device(device_id):
+                _loaded[key] = cupy.RawModule(path=str(path))
+        return _loaded[key]

@@ -1,0 +1,35 @@
+"""Where the CUDA sources live and what the compiled modules are made of."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+# Module name -> source file under the source root. One cubin per (module, architecture).
+MODULES: dict[str, str] = {
+    "routing": "routing.cu",
+    "finalize": "finalize.cu",
+    "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
+}
+
+SOURCE_SUFFIXES = (".cu", ".cuh")
+
+
+@cache
+def source_root() -> Path:
+    """The `cuda_src` folder: inside the installed package, or beside it in a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "cuda_src", package_dir.parent / "cuda_src"):
+        if (candidate / MODULES["routing"]).is_file():
+            return candidate
+    raise FileNotFoundError(f"moefuse: CUDA sources not found next to {package_dir}")
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over every source file's relative path and bytes: any edit to any header changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -1,0 +1,129 @@
+"""MoELayer: prepared expert weights plus a reusable workspace."""
+
+from __future__ import annotations
+
+import os
+
+from . import _validate, kernels
+from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array
+from ._device import stream_ptr
+from .heuristics import choose_tile_m
+from .plan import build_plan, plan_specs
+from .workspace import ArraySpec, Workspace, layout_bytes
+
+DISABLE_FUSED_FINALIZE_ENV = "MOEFUSE_DISABLE_FUSED_FINALIZE"
+
+
+def fused_finalize_enabled(requested: bool | None) -> bool:
+    """`MOEFUSE_DISABLE_FUSED_FINALIZE=1` forces the deterministic path for every call."""
+    if os.environ.get(DISABLE_FUSED_FINALIZE_ENV, "0") not in ("", "0"):
+        return False
+    return True if requested is None else bool(requested)
+
+
+class MoELayer:
+    """The expert part of one MoE layer, ready to run.
+
+    w1: `[E_local, 2I, H]` gate rows `0..I-1` then up rows `I..2I-1` (nn.Linear layout);
+    w2: `[E_local, H, I]`; b1 `[E_local, 2I]`, b2 `[E_local, H]` optional; all bf16 or all fp16.
+    The layer owns experts `[first_expert, first_expert + E_local)` of `num_experts`
+    (default: `first_expert + E_local`); pairs routed elsewhere, or to ids < 0, contribute nothing.
+
+    Non-contiguous weights are copied once here. The workspace grows to the largest batch seen
+    (or `reserve(max_tokens)` up front); after that a call allocates nothing when given `out=`.
+    """
+
+    def __init__(
+        self,
+        w1,
+        w2,
+        b1=None,
+        b2=None,
+        *,
+        activation: str = "swiglu",
+        first_expert: int = 0,
+        num_experts: int | None = None,
+    ) -> None:
+        _validate.check_activation(activation)
+        self.w1 = contiguous(as_device_array(w1, "w1"))
+        self.w2 = contiguous(as_device_array(w2, "w2"))
+        b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
+        self.dims = _validate.check_expert_weights(self.w1, self.w2, b1, b2)
+        self.b1 = None if b1 is None else contiguous(b1)
+        self.b2 = None if b2 is None else contiguous(b2)
+        self.activation = activation
+        self.first_expert = first_expert
+        self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
+        _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
+        self._workspace = Workspace()
+
+    def _workspace_specs(self, num_tokens: int, top_k: int, fused: bool, convert_weights: bool):
+        num_local, dims = self.dims.num_local_experts, self.dims
+        tile_m = choose_tile_m(num_tokens, top_k, num_local)
+        specs = plan_specs(num_tokens, top_k, num_local, tile_m)
+        rows = specs[[s.name for s in specs].index("permuted_to_expanded")].shape[0]
+        specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+        if not fused:
+            specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
+        if convert_weights:
+            specs.append(ArraySpec("topk_weights", (num_tokens, top_k), FLOAT32))
+        return tile_m, specs
+
+    def workspace_bytes(self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> int:
+        """Device bytes a call with `num_tokens` tokens and `top_k` slots needs (upper bound)."""
+        fused = fused_finalize_enabled(fused_finalize)
+        return layout_bytes(self._workspace_specs(num_tokens, top_k, fused, True)[1])
+
+    def reserve(self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> None:
+        """Allocate the workspace for batches of up to `max_tokens` tokens now."""
+        self._workspace.reserve(self.workspace_bytes(max_tokens, top_k, fused_finalize=fused_finalize))
+
+    def __call__(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
+        """`out [T, H]` for tokens `x [T, H]` routed by `topk_ids [T, k]` with `topk_weights [T, k]`.
+
+        `fused_finalize` (default True; `MOEFUSE_DISABLE_FUSED_FINALIZE=1` forces False): GEMM2's
+        epilogue adds each weighted row straight into `out` with atomics. The sum order then varies
+        from run to run for k >= 3; with k <= 2 it is deterministic (two adds onto zero commute).
+        False runs the deterministic path: GEMM2 stores rows, a finalize kernel sums them in slot
+        order. `out_dtype` is x's dtype (default) or float32."""
+        import cupy
+
+        x = as_device_array(x, "x")
+        topk_weights = as_device_array(topk_weights, "topk_weights")
+        topk_ids = as_device_array(topk_ids, "topk_ids")
+        num_tokens, top_k = _validate.check_moe_inputs(x, topk_weights, topk_ids, self.dims, self.num_experts)
+        shape = (num_tokens, self.dims.hidden)
+        if out is None:
+            out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
+        else:
+            out = as_device_array(out, "out")
+            dtype = _validate.resolve_out_dtype(out.dtype if out_dtype is None else out_dtype, x.dtype)
+            _validate.check_out(out, shape, dtype)
+        if num_tokens == 0:
+            return out
+
+        fused = fused_finalize_enabled(fused_finalize)
+        x, topk_ids = contiguous(x), contiguous(topk_ids)
+        convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
+        tile_m, specs = self._workspace_specs(num_tokens, top_k, fused, convert_weights)
+        _validate.check_plan_fits(num_tokens, top_k, self.dims.num_local_experts, tile_m)
+        arrays = self._workspace.carve(specs)
+        if convert_weights:
+            cupy.copyto(arrays["topk_weights"], topk_weights, casting="unsafe")
+            topk_weights = arrays["topk_weights"]
+
+        routing = build_plan(
+            topk_ids, self.num_experts, self.first_expert, self.dims.num_local_experts, tile_m, arrays
+        )
+        h = arrays["h"]
+        kernels.gemm1_swiglu(x, self.w1, self.b1, routing, h)
+        if fused:
+            cupy.cuda.runtime.memsetAsync(out.data.ptr, 0, out.nbytes, stream_ptr())
+            kernels.gemm2_scatter(h, self.w2, self.b2, routing, topk_weights, out)
+        else:
+            kernels.gemm2_store(h, self.w2, self.b2, routing, arrays["y"])
+            kernels.finalize(arrays["y"], routing, topk_weights, out)
+        return out
+
+
+__all__ = ["MoELayer", "fused_finalize_enabled"]

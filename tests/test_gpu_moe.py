@@ -1,0 +1,229 @@
+"""Grouped GEMM and the fused MoE forward against float64 references (GPU only)."""
+
+import numpy as np
+import pytest
+
+import moefuse
+from moefuse import reference
+from tests.gpu_data import DTYPES, TOLERANCE, moe_problem, random_ids
+
+pytestmark = pytest.mark.gpu
+
+# H and I are not multiples of the N tile (128 / 64) nor H of the K tile (32): every edge is hit.
+HIDDEN, INTER, EXPERTS = 264, 200, 8
+
+
+def poisoned(shape, dtype):
+    import cupy
+
+    return cupy.full(shape, np.nan, dtype=dtype)
+
+
+def poison_workspace(layer, num_tokens, top_k):
+    """NaN-fill (0xFF bytes) the layer's workspace so a read of anything unwritten shows."""
+    layer.reserve(num_tokens, top_k, fused_finalize=False)
+    layer._workspace._buffer.fill(0xFF)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("num_tokens", [1, 7, 128, 1000])
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_gemm(rng, dtype, num_tokens, bias):
+    import cupy
+
+    top_k = 2
+    ids = random_ids(rng, num_tokens, top_k, EXPERTS)
+    routing = moefuse.plan(cupy.asarray(ids), EXPERTS)
+    a = rng.standard_normal((routing.capacity, INTER)).astype(DTYPES[dtype])
+    w = (rng.standard_normal((EXPERTS, HIDDEN, INTER)) * INTER**-0.5).astype(DTYPES[dtype])
+    b = (rng.standard_normal((EXPERTS, HIDDEN)) * 0.1).astype(DTYPES[dtype]) if bias else None
+    out = poisoned((routing.capacity, HIDDEN), DTYPES[dtype])
+    moefuse.grouped_gemm(
+        cupy.asarray(a), cupy.asarray(w), routing, bias=None if b is None else cupy.asarray(b), out=out
+    )
+    rows, want = reference.grouped_gemm(
+        a, w, routing.permuted_to_expanded.get(), routing.expert_offsets.get(), b
+    )
+    assert rows.size == num_tokens * top_k
+    assert reference.relative_error(out.get()[rows], want) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("num_tokens", [1, 7, 128, 1000])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_moe(rng, dtype, num_tokens, bias, fused):
+    p = moe_problem(rng, dtype, num_tokens, HIDDEN, INTER, EXPERTS, top_k=2, bias=bias)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    poison_workspace(layer, num_tokens, 2)
+    out = poisoned((num_tokens, HIDDEN), DTYPES[dtype])
+    layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=fused)
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    assert reference.relative_error(out.get(), want) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_many_experts_skew_and_fp32_output(rng, fused):
+    p = moe_problem(rng, "bf16", 777, 256, 128, 64, top_k=6, bias=True, skew=0.9)
+    d = p.device()
+    out = moefuse.fused_moe(
+        d["x"],
+        d["w1"],
+        d["w2"],
+        d["topk_weights"],
+        d["topk_ids"],
+        b1=d["b1"],
+        b2=d["b2"],
+        fused_finalize=fused,
+        out_dtype=np.float32,
+    )
+    assert out.dtype == np.float32
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_expert_parallel_slice_and_dropped_ids(rng, fused):
+    import cupy
+
+    p = moe_problem(rng, "bf16", 300, HIDDEN, INTER, 16, top_k=4, bias=True)
+    p.topk_ids[rng.random(p.topk_ids.shape) < 0.1] = -1
+    first, local = 4, 6
+    d = p.device()
+    sl = slice(first, first + local)
+    layer = moefuse.MoELayer(
+        d["w1"][sl], d["w2"][sl], d["b1"][sl], d["b2"][sl], first_expert=first, num_experts=16
+    )
+    out = layer(
+        d["x"], cupy.asarray(p.topk_weights.astype(DTYPES["bf16"])), d["topk_ids"], fused_finalize=fused
+    )
+    want = reference.moe(
+        p.x,
+        p.w1[sl],
+        p.w2[sl],
+        p.topk_weights.astype(DTYPES["bf16"]),
+        p.topk_ids,
+        p.b1[sl],
+        p.b2[sl],
+        first_expert=first,
+    )
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
+def test_deterministic_path_is_bitwise_reproducible(rng):
+    p = moe_problem(rng, "bf16", 1000, HIDDEN, INTER, EXPERTS, top_k=8, bias=True)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    first = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=False).get()
+    for _ in range(3):
+        again = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=False).get()
+        assert np.array_equal(first.view(np.uint16), again.view(np.uint16))
+
+
+def test_fused_path_with_two_slots_is_bitwise_reproducible(rng):
+    p = moe_problem(rng, "bf16", 1000, HIDDEN, INTER, EXPERTS, top_k=2, bias=False, skew=0.5)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    first = layer(d["x"], d["topk_weights"], d["topk_ids"]).get()
+    for _ in range(3):
+        again = layer(d["x"], d["topk_weights"], d["topk_ids"]).get()
+        assert np.array_equal(first.view(np.uint16), again.view(np.uint16))
+
+
+def test_env_switch_forces_the_deterministic_path(rng, monkeypatch):
+    p = moe_problem(rng, "bf16", 200, HIDDEN, INTER, EXPERTS, top_k=4, bias=False)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    deterministic = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=False).get()
+    monkeypatch.setenv("MOEFUSE_DISABLE_FUSED_FINALIZE", "1")
+    switched = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=True).get()
+    assert np.array_equal(deterministic.view(np.uint16), switched.view(np.uint16))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cuda_graph_replay_matches_eager(rng, fused):
+    import cupy
+
+    p = moe_problem(rng, "bf16", 64, HIDDEN, INTER, EXPERTS, top_k=2, bias=True)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    eager = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=fused).get()
+    out = poisoned((64, HIDDEN), DTYPES["bf16"])
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=fused)
+        graph = stream.end_capture()
+        x_next = rng.standard_normal(p.x.shape).astype(p.x.dtype)
+        d["x"][...] = cupy.asarray(x_next)  # replays read the captured buffers' new contents
+        graph.launch(stream)
+    stream.synchronize()
+    want = reference.moe(x_next, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+    assert (
+        reference.relative_error(
+            eager, reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+        )
+        < TOLERANCE["bf16"]
+    )
+
+
+def test_steady_state_calls_allocate_nothing(rng):
+    import cupy
+
+    p = moe_problem(rng, "bf16", 256, HIDDEN, INTER, EXPERTS, top_k=2, bias=False)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    layer.reserve(1024, 2)
+    out = cupy.empty((256, HIDDEN), dtype=DTYPES["bf16"])
+    layer(d["x"], d["topk_weights"], d["topk_ids"], out=out)
+    pool = cupy.get_default_memory_pool()
+    before = pool.total_bytes()
+    for _ in range(3):
+        layer(d["x"], d["topk_weights"], d["topk_ids"], out=out)
+    assert pool.total_bytes() == before
+
+
+def test_torch_tensors_pass_straight_in(rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    p = moe_problem(rng, "bf16", 100, HIDDEN, INTER, EXPERTS, top_k=2, bias=False)
+
+    def tensor(a, dtype):
+        return torch.from_numpy(np.asarray(a, dtype=np.float32)).to("cuda", dtype)
+
+    x, w1, w2 = (tensor(v, torch.bfloat16) for v in (p.x, p.w1, p.w2))
+    out = moefuse.fused_moe(
+        x, w1, w2, tensor(p.topk_weights, torch.float32), torch.from_numpy(p.topk_ids.astype(np.int64)).cuda()
+    )
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+    assert torch.utils.dlpack.from_dlpack(out).data_ptr() == out.data.ptr  # and back, no copy
+
+
+def test_empty_batch_and_non_contiguous_input(rng):
+    import cupy
+
+    p = moe_problem(rng, "bf16", 64, HIDDEN, INTER, EXPERTS, top_k=2, bias=False)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    empty = layer(d["x"][:0], d["topk_weights"][:0], d["topk_ids"][:0])
+    assert empty.shape == (0, HIDDEN)
+    wide = cupy.zeros((64, 2 * HIDDEN), dtype=d["x"].dtype)
+    wide[:, ::2] = d["x"]
+    out = layer(wide[:, ::2], d["topk_weights"], d["topk_ids"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
+def test_gpu_argument_errors_name_the_argument(rng):
+    p = moe_problem(rng, "bf16", 8, HIDDEN, INTER, EXPERTS, top_k=2, bias=False)
+    d = p.device()
+    with pytest.raises(TypeError, match="topk_ids must be int32 or int64"):
+        moefuse.fused_moe(d["x"], d["w1"], d["w2"], d["topk_weights"], d["topk_weights"])
+    with pytest.raises(ValueError, match=r"k \(topk_ids.shape\[1\]\) must be in"):
+        moefuse.plan(d["topk_ids"], 1)
+    with pytest.raises(TypeError, match="x must have the weights' dtype"):
+        moefuse.fused_moe(d["x"].astype(np.float16), d["w1"], d["w2"], d["topk_weights"], d["topk_ids"])

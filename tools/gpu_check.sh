@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU check, in one device call: install the package, run every test (GPU ones included),
+# compute-sanitizer (memcheck, racecheck), cold/warm start time and a short benchmark.
+# Full logs go to $OUT (default /tmp/moefuse-gpu-check); a compact table is printed last.
+#   tools/gpu_check.sh [bench.py arguments...]
+set -uo pipefail
+OUT=${OUT:-/tmp/moefuse-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+step() { echo "== $*" >&2; }
+step "install"
+python3 -m pip install -q --no-deps --no-build-isolation . >"$OUT/install.log" 2>&1 || {
+  cat "$OUT/install.log"
+  exit 1
+}
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+
+step "cold / warm start"
+(cd /tmp && python3 "$OLDPWD/tools/cold_start.py") >"$OUT/cold_start.txt" 2>&1
+
+step "tests"
+python3 -m pytest -q -rs -p no:cacheprovider tests >"$OUT/pytest.log" 2>&1
+tests_rc=$?
+
+step "compute-sanitizer"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tools/sanitize_forward.py \
+    >"$OUT/sanitizer_$tool.log" 2>&1
+  echo "$tool rc=$? $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)" \
+    >>"$OUT/sanitizer.txt"
+done
+
+step "bench"
+python3 bench.py "$@" --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench_progress.log"
+bench_rc=$?
+
+echo
+echo "GPU: $gpu    date: $(date -u +%F)"
+echo "tests (rc=$tests_rc): $(tail -1 "$OUT/pytest.log")"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
+cat "$OUT/sanitizer.txt" "$OUT/cold_start.txt"
+echo "bench (rc=$bench_rc):"
+tail -40 "$OUT/bench.txt"
+[ $bench_rc -eq 0 ] || tail -5 "$OUT/bench_progress.log"
+exit $tests_rc

@@ -1,0 +1,41 @@
+"""A small forward through every kernel, for compute-sanitizer (memcheck, racecheck).
+
+compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
+"""
+
+import cupy
+import ml_dtypes
+import numpy as np
+
+import moefuse
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    bf16 = ml_dtypes.bfloat16
+    num_tokens, hidden, inter, experts, top_k = 100, 264, 200, 16, 4
+    x = cupy.asarray(rng.standard_normal((num_tokens, hidden)).astype(bf16))
+    w1 = cupy.asarray((rng.standard_normal((experts, 2 * inter, hidden)) * hidden**-0.5).astype(bf16))
+    w2 = cupy.asarray((rng.standard_normal((experts, hidden, inter)) * inter**-0.5).astype(bf16))
+    b1 = cupy.asarray(rng.standard_normal((experts, 2 * inter)).astype(bf16))
+    b2 = cupy.asarray(rng.standard_normal((experts, hidden)).astype(bf16))
+    weights, ids = moefuse.route(
+        cupy.asarray(rng.standard_normal((num_tokens, experts)).astype(np.float32)), top_k
+    )
+    ids[::7, 0] = -1
+    for tile_m in (64, 128):
+        moefuse.plan(ids, experts, tile_m=tile_m)
+    layer = moefuse.MoELayer(w1[4:12], w2[4:12], b1[4:12], b2[4:12], first_expert=4, num_experts=experts)
+    for fused in (True, False):
+        layer(x, weights, ids, fused_finalize=fused)
+        layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
+    many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
+    big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
+    big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
+    moefuse.MoELayer(w1, w2)(big_x, big_w, many)
+    cupy.cuda.Device().synchronize()
+    print("sanitize_forward: done")
+
+
+if __name__ == "__main__":
+    main()
