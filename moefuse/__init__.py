@@ -6,6 +6,7 @@
 Importing needs no GPU; every GPU function raises `NoGPUError` when there is none.
 """
 
+from . import backends
 from ._device import NoGPUError, gpu_name
 from ._nvrtc import CompileError
 from .layer import MoELayer
@@ -19,6 +20,7 @@ __all__ = [
     "MoELayer",
     "NoGPUError",
     "RoutingPlan",
+    "backends",
     "fused_moe",
     "gpu_name",
     "grouped_gemm",

@@ -68,3 +68,10 @@ def stream_ptr() -> int:
     import cupy
 
     return cupy.cuda.get_current_stream().ptr
+
+
+@cache
+def multiprocessor_count(device_id: int) -> int:
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]

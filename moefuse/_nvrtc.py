@@ -62,15 +62,17 @@ def compile_cubin(source: Path, arch: str, include_dir: Path) -> CompileResult:
         options = [o.encode() for o in compile_options(arch, include_dir)]
         (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
         (log_size,) = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
-        log_buffer = b" " * log_size
+        # NVRTC writes into the buffer: it must be a fresh mutable one (b" " * 1 is an interned
+        # object, and writing into it corrupts every b" " in the interpreter).
+        log_buffer = bytearray(log_size)
         _check(nvrtc.nvrtcGetProgramLog(program, log_buffer), "nvrtcGetProgramLog")
-        log = log_buffer.rstrip(b"\0 ").decode(errors="replace")
+        log = log_buffer.rstrip(b"\0").decode(errors="replace")
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise CompileError(f"NVRTC could not compile {source.name} for {arch}:\n{log}")
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
-        cubin = b" " * size
+        cubin = bytearray(size)
         _check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
-        return CompileResult(cubin=cubin, log=log)
+        return CompileResult(cubin=bytes(cubin), log=log)
     finally:
         nvrtc.nvrtcDestroyProgram(program)
 

@@ -9,9 +9,18 @@ from pathlib import Path
 # Module name -> source file under the source root. One cubin per (module, architecture).
 MODULES: dict[str, str] = {
     "routing": "routing.cu",
-    "finalize": "finalize.cu",
+    "permute": "permute.cu",
     "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
+    "sm90_grouped_gemm": "sm90/grouped_gemm.cu",
 }
+# Modules built on architecture-specific instructions, and the targets that have them.
+MODULE_ARCHS: dict[str, tuple[str, ...]] = {"sm90_grouped_gemm": ("sm_90a",)}
+
+
+def modules_for(arch: str) -> list[str]:
+    """The modules that compile for `arch`."""
+    return [m for m in MODULES if arch in MODULE_ARCHS.get(m, (arch,))]
+
 
 SOURCE_SUFFIXES = (".cu", ".cuh")
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import ACTIVATION_DTYPES, BFLOAT16, FLOAT16, FLOAT32
-from .kernels import GEMM_TILE_M
 
 ACTIVATIONS = ("swiglu",)
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -79,9 +78,12 @@ def check_expert_range(num_experts, first_expert, num_local_experts) -> int:
     return int(num_local_experts)
 
 
+TILE_M_CHOICES = (64, 128)
+
+
 def check_tile_m(tile_m) -> None:
-    if tile_m is not None and tile_m not in GEMM_TILE_M:
-        raise ValueError(f"tile_m must be one of {GEMM_TILE_M} or None, got {tile_m}")
+    if tile_m is not None and tile_m not in TILE_M_CHOICES:
+        raise ValueError(f"tile_m must be one of {TILE_M_CHOICES} or None, got {tile_m}")
 
 
 @dataclass(frozen=True)

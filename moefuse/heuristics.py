@@ -14,3 +14,22 @@ LARGE_TILE_M = 128
 def choose_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
     rows_per_expert = num_tokens * top_k / num_local_experts
     return SMALL_TILE_M if rows_per_expert < LARGE_TILE_M else LARGE_TILE_M
+
+
+def choose_sm90_tiles(
+    max_tiles: int, n: int, depth: int, num_sms: int, swiglu: bool, can_split: bool
+) -> tuple[int, int]:
+    """(BN, k_splits) for a Hopper grouped GEMM with up to `max_tiles` M tiles and `n` output
+    columns (SwiGLU: a BN-wide B tile makes BN/2 outputs).
+
+    The widest tile that still gives every SM a unit of work; when even BN = 128 leaves SMs idle
+    (decode), a GEMM whose epilogue reduces with atomics splits K so that the units come to about
+    one per SM (each split keeps at least four 64-deep K blocks)."""
+    for bn in (256, 128):
+        units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
+        if units >= num_sms:
+            return bn, 1
+    if not can_split:
+        return 128, 1
+    k_blocks = -(-depth // 64)
+    return 128, max(1, min(round(num_sms / units), k_blocks // 4))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-from . import _validate, kernels
+from . import _validate, backends, kernels
 from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array
-from ._device import stream_ptr
-from .heuristics import choose_tile_m
-from .plan import build_plan, plan_specs
+from ._device import require_gpu, stream_ptr
+from .plan import build_plan, plan_capacity, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
 DISABLE_FUSED_FINALIZE_ENV = "MOEFUSE_DISABLE_FUSED_FINALIZE"
@@ -57,12 +56,13 @@ class MoELayer:
         _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
         self._workspace = Workspace()
 
-    def _workspace_specs(self, num_tokens: int, top_k: int, fused: bool, convert_weights: bool):
+    def _workspace_specs(self, backend, num_tokens: int, top_k: int, fused: bool, convert_weights: bool):
         num_local, dims = self.dims.num_local_experts, self.dims
-        tile_m = choose_tile_m(num_tokens, top_k, num_local)
+        tile_m = backend.tile_m(num_tokens, top_k, num_local)
         specs = plan_specs(num_tokens, top_k, num_local, tile_m)
-        rows = specs[[s.name for s in specs].index("permuted_to_expanded")].shape[0]
+        rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+        specs += backend.workspace_specs(rows, dims.hidden, dims.dtype)
         if not fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
@@ -72,7 +72,8 @@ class MoELayer:
     def workspace_bytes(self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> int:
         """Device bytes a call with `num_tokens` tokens and `top_k` slots needs (upper bound)."""
         fused = fused_finalize_enabled(fused_finalize)
-        return layout_bytes(self._workspace_specs(num_tokens, top_k, fused, True)[1])
+        backend = backends.for_device(require_gpu())
+        return layout_bytes(self._workspace_specs(backend, num_tokens, top_k, fused, True)[1])
 
     def reserve(self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> None:
         """Allocate the workspace for batches of up to `max_tokens` tokens now."""
@@ -105,7 +106,8 @@ class MoELayer:
         fused = fused_finalize_enabled(fused_finalize)
         x, topk_ids = contiguous(x), contiguous(topk_ids)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
-        tile_m, specs = self._workspace_specs(num_tokens, top_k, fused, convert_weights)
+        backend = backends.for_device(require_gpu())
+        tile_m, specs = self._workspace_specs(backend, num_tokens, top_k, fused, convert_weights)
         _validate.check_plan_fits(num_tokens, top_k, self.dims.num_local_experts, tile_m)
         arrays = self._workspace.carve(specs)
         if convert_weights:
@@ -116,12 +118,12 @@ class MoELayer:
             topk_ids, self.num_experts, self.first_expert, self.dims.num_local_experts, tile_m, arrays
         )
         h = arrays["h"]
-        kernels.gemm1_swiglu(x, self.w1, self.b1, routing, h)
+        backend.gemm1_swiglu(x, self.w1, self.b1, routing, h, arrays)
         if fused:
             cupy.cuda.runtime.memsetAsync(out.data.ptr, 0, out.nbytes, stream_ptr())
-            kernels.gemm2_scatter(h, self.w2, self.b2, routing, topk_weights, out)
+            backend.gemm2_scatter(h, self.w2, self.b2, routing, topk_weights, out)
         else:
-            kernels.gemm2_store(h, self.w2, self.b2, routing, arrays["y"])
+            backend.gemm2_store(h, self.w2, self.b2, routing, arrays["y"])
             kernels.finalize(arrays["y"], routing, topk_weights, out)
         return out
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validate, kernels
+from . import _validate, backends, kernels
 from ._arrays import ACTIVATION_DTYPES, FLOAT32, as_device_array, contiguous, optional_device_array
-from .heuristics import choose_tile_m
+from ._device import require_gpu
 from .plan import RoutingPlan, build_plan, plan_specs
 from .workspace import Workspace
 
@@ -38,13 +38,15 @@ def plan(
 ) -> RoutingPlan:
     """The routing plan for `topk_ids [T, k]` over local experts
     `[first_expert, first_expert + num_local_experts)`; other ids (and ids < 0) are skipped.
-    `tile_m` defaults to the heuristic's choice (see `moefuse.heuristics`)."""
+    `tile_m` (64 or 128) defaults to what the device's GEMM backend wants (see
+    `moefuse.heuristics`); the Hopper kernels take 128, so a 64-row plan runs the portable ones."""
     ids = contiguous(as_device_array(topk_ids, "topk_ids"))
     num_tokens, top_k = _validate.check_topk_ids(ids)
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     num_local = _validate.check_expert_range(num_experts, first_expert, num_local_experts)
     _validate.check_tile_m(tile_m)
-    tile_m = tile_m or choose_tile_m(num_tokens, top_k, num_local)
+    if tile_m is None:
+        tile_m = backends.for_device(require_gpu()).tile_m(num_tokens, top_k, num_local)
     _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
     arrays = Workspace().carve(plan_specs(num_tokens, top_k, num_local, tile_m))
     return build_plan(ids, num_experts, first_expert, num_local, tile_m, arrays)
@@ -83,7 +85,7 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         out = as_device_array(out, "out")
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
     if routing.max_tiles:
-        kernels.gemm2_store(a, w, bias, routing, out)
+        backends.for_plan(routing).gemm2_store(a, w, bias, routing, out)
     return out
 
 

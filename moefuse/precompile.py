@@ -19,7 +19,7 @@ def precompile(archs: list[str], out: Path) -> list[tuple[str, str, _nvrtc.Kerne
     """Compile (and publish into `out`) every module for every arch; one row per kernel."""
     rows = []
     for arch in archs:
-        for module in _sources.MODULES:
+        for module in _sources.modules_for(arch):
             print(f"compiling {module} for {arch} ...", file=sys.stderr, flush=True)
             _, result = _cache.compile_module(module, arch, directory=out, force=True)
             for kernel, res in sorted(_nvrtc.parse_resources(result.log).items()):

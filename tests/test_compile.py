@@ -19,8 +19,25 @@ def compiled(tmp_path_factory):
     return {
         (arch, module): _cache.compile_module(module, arch, directory=out)
         for arch in ARCHS
-        for module in _sources.MODULES
+        for module in _sources.modules_for(arch)
     }
+
+
+BUILDS = [(arch, module) for arch in ARCHS for module in _sources.modules_for(arch)]
+
+
+@pytest.fixture(scope="module")
+def ptxas_report(tmp_path_factory):
+    """Whether this NVRTC returns ptxas's `-v` report in the program log (13.5 does; the 13.0 of
+    the GPU image returns an empty log). CI (env CI set) must have it: there it never skips."""
+    import os
+
+    probe = _cache.compile_module(
+        "permute", "sm_90a", directory=tmp_path_factory.mktemp("probe"), force=True
+    )[1]
+    if _nvrtc.parse_resources(probe.log) or os.environ.get("CI"):
+        return True
+    pytest.skip(f"NVRTC {_nvrtc.nvrtc_version()} returns no ptxas report")
 
 
 def cuobjdump() -> str | None:
@@ -35,9 +52,13 @@ def cuobjdump() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("module", list(_sources.MODULES))
-def test_module_compiles_without_spills(compiled, arch, module):
+def test_every_module_builds_for_its_architectures():
+    assert {m for _, m in BUILDS} == set(_sources.MODULES)
+    assert ("sm_90a", "sm90_grouped_gemm") in BUILDS
+
+
+@pytest.mark.parametrize("arch, module", BUILDS)
+def test_module_compiles_without_spills(compiled, ptxas_report, arch, module):
     path, result = compiled[(arch, module)]
     assert path.is_file() and path.stat().st_size == len(result.cubin) > 0
     resources = _nvrtc.parse_resources(result.log)
@@ -45,31 +66,59 @@ def test_module_compiles_without_spills(compiled, arch, module):
     for kernel, res in resources.items():
         assert res.spill_store_bytes == 0 and res.spill_load_bytes == 0, f"{kernel} spills on {arch}"
         assert res.stack_bytes == 0, f"{kernel} uses a stack frame on {arch}"
+    # ptxas warnings that compile but cost speed: setmaxnreg ignored, wgmma serialised.
+    for code in ("C7508", "C7509", "C7510", "C7519", "C7520"):
+        assert code not in result.log, f"{module} on {arch}: ptxas warning {code}\n{result.log}"
+
+
+def sass_functions(path) -> dict[str, str]:
+    tool = cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not installed (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    sass = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    return {f.split()[0]: f for f in sass.split("Function : ")[1:]}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gemm_kernels_use_tensor_cores(compiled, arch):
-    tool = cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not installed (pip install nvidia-cuda-cuobjdump)")
-    path, _ = compiled[(arch, "sm80_grouped_gemm")]
-    sass = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-    functions = sass.split("Function : ")[1:]
+def test_portable_gemm_kernels_use_tensor_cores(compiled, arch):
+    functions = sass_functions(compiled[(arch, "sm80_grouped_gemm")][0])
     assert len(functions) == 16
-    for function in functions:
-        name = function.split()[0]
-        assert "HMMA" in function, f"{name} on {arch} has no tensor-core MMA"
-        assert "LDSM" in function, f"{name} on {arch} does not use ldmatrix"
+    for name, sass in functions.items():
+        assert "HMMA" in sass, f"{name} on {arch} has no tensor-core MMA"
+        assert "LDSM" in sass, f"{name} on {arch} does not use ldmatrix"
 
 
-def test_every_entry_point_the_host_launches_exists(compiled):
-    from moefuse import kernels
+def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled):
+    functions = sass_functions(compiled[("sm_90a", "sm90_grouped_gemm")][0])
+    assert len(functions) == 16
+    for name, sass in functions.items():
+        assert "HGMMA.64x" in sass, f"{name} has no warpgroup MMA"
+        assert "UTMALDG.2D" in sass, f"{name} has no TMA load"
+        assert "USETMAXREG.DEALLOC" in sass and "USETMAXREG.TRY_ALLOC" in sass, name
+        assert "WARPGROUP.ARRIVE" in sass
+        assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
+        wide = "REDG.E.ADD" if "scatter" in name else "STG.E.128"
+        assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
+        if "scatter" in name:
+            assert ("F32x4" if name.endswith("f32") else "16x8") in sass, name
+
+
+def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
+    from moefuse.backends import Sm80, Sm90
 
     names = set()
     for module in _sources.MODULES:
         names |= set(_nvrtc.parse_resources(compiled[("sm_90a", module)][1].log))
     for tag in ("bf16", "f16"):
-        for tile_m in kernels.GEMM_TILE_M:
+        for bn in Sm90.STAGES:
+            for name in (
+                f"sm90_gemm1_swiglu_{tag}_n{bn}",
+                f"sm90_gemm2_store_{tag}_n{bn}",
+                f"sm90_gemm2_scatter_{tag}_n{bn}_out_{tag}",
+                f"sm90_gemm2_scatter_{tag}_n{bn}_out_f32",
+            ):
+                assert name in names
+        for tile_m in Sm80.TILE_M:
             for name in (
                 f"gemm1_swiglu_{tag}_m{tile_m}",
                 f"gemm2_store_{tag}_m{tile_m}",
@@ -106,8 +155,8 @@ def test_cache_hit_compiles_nothing_and_publishes_atomically(tmp_path, monkeypat
     real = _nvrtc.compile_cubin
     monkeypatch.setattr(_nvrtc, "compile_cubin", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path))
-    first, result = _cache.compile_module("finalize", "sm_90a")
-    second, again = _cache.compile_module("finalize", "sm_90a")
+    first, result = _cache.compile_module("permute", "sm_90a")
+    second, again = _cache.compile_module("permute", "sm_90a")
     assert first == second and first.parent == tmp_path
     assert result is not None and again is None and len(calls) == 1
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
@@ -120,7 +169,7 @@ def test_compile_error_carries_the_log(tmp_path):
         _nvrtc.compile_cubin(bad, "sm_90a", include_dir=tmp_path)
 
 
-def test_precompile_command(tmp_path):
+def test_precompile_command(tmp_path, ptxas_report):
     proc = subprocess.run(
         [sys.executable, "-m", "moefuse.precompile", "--arch", "sm_90a", "--out", str(tmp_path)],
         capture_output=True,
@@ -128,4 +177,4 @@ def test_precompile_command(tmp_path):
         check=True,
     )
     assert "gemm1_swiglu_bf16_m128" in proc.stdout and "0 spill registers" in proc.stdout
-    assert len(list(tmp_path.glob("*.cubin"))) == len(_sources.MODULES)
+    assert len(list(tmp_path.glob("*.cubin"))) == len(_sources.modules_for("sm_90a"))

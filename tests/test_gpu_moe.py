@@ -9,6 +9,18 @@ from tests.gpu_data import DTYPES, TOLERANCE, moe_problem, random_ids
 
 pytestmark = pytest.mark.gpu
 
+
+@pytest.fixture(autouse=True, params=["sm80", "sm90"])
+def backend(request, monkeypatch):
+    """Every test runs on each GEMM backend the GPU has (the portable one everywhere)."""
+    import cupy
+
+    if request.param == "sm90" and cupy.cuda.Device().compute_capability != "90":
+        pytest.skip("the sm90 kernels need a compute capability 9.0 GPU")
+    monkeypatch.setenv("MOEFUSE_BACKEND", request.param)
+    return request.param
+
+
 # H and I are not multiples of the N tile (128 / 64) nor H of the K tile (32): every edge is hit.
 HIDDEN, INTER, EXPERTS = 264, 200, 8
 
@@ -227,3 +239,36 @@ def test_gpu_argument_errors_name_the_argument(rng):
         moefuse.plan(d["topk_ids"], 1)
     with pytest.raises(TypeError, match="x must have the weights' dtype"):
         moefuse.fused_moe(d["x"].astype(np.float16), d["w1"], d["w2"], d["topk_weights"], d["topk_ids"])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_tile_edges(rng, fused):
+    """Experts with 1 row, exactly one 128-row tile, one row past a tile, and none."""
+    import cupy
+
+    counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64}
+    ids = np.concatenate([np.full(c, e, dtype=np.int32) for e, c in counts.items()])
+    ids = rng.permutation(ids)[:, None]
+    p = moe_problem(rng, "bf16", ids.shape[0], HIDDEN, INTER, 5, top_k=1, bias=True)
+    p.topk_ids = ids
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    poison_workspace(layer, ids.shape[0], 1)
+    out = poisoned((ids.shape[0], HIDDEN), DTYPES["bf16"])
+    layer(d["x"], d["topk_weights"], cupy.asarray(ids), out=out, fused_finalize=fused)
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, ids, p.b1, p.b2)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("num_tokens", [1, 3])
+def test_decode_shapes_split_k(rng, dtype, num_tokens):
+    """Few tokens and a deep GEMM2: the Hopper fused path splits K across CTAs."""
+    p = moe_problem(rng, dtype, num_tokens, 512, 2048, EXPERTS, top_k=2, bias=True)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    for fused in (True, False):
+        out = poisoned((num_tokens, 512), DTYPES[dtype])
+        layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=fused)
+        assert reference.relative_error(out.get(), want) < TOLERANCE[dtype]

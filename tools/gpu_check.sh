@@ -25,11 +25,15 @@ python3 -m pytest -q -rs -p no:cacheprovider tests >"$OUT/pytest.log" 2>&1
 tests_rc=$?
 
 step "compute-sanitizer"
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tools/sanitize_forward.py \
-    >"$OUT/sanitizer_$tool.log" 2>&1
-  echo "$tool rc=$? $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)" \
-    >>"$OUT/sanitizer.txt"
+backends=$(python3 -c "import cupy; print('sm80 sm90' if cupy.cuda.Device().compute_capability == '90' else 'sm80')")
+for backend in $backends; do
+  for tool in memcheck racecheck; do
+    log="$OUT/sanitizer_${tool}_$backend.log"
+    MOEFUSE_BACKEND=$backend compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 \
+      python3 tools/sanitize_forward.py >"$log" 2>&1
+    echo "$backend $tool rc=$? $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log" | tail -1)" \
+      >>"$OUT/sanitizer.txt"
+  done
 done
 
 step "bench"

@@ -50,6 +50,11 @@ DEV float2 unpack2(F16*, u32 v) {
   return make_float2(lo, hi);
 }
 
+// 16 bytes moved as one vector (8 16-bit elements or 4 floats).
+struct alignas(16) Vec16 {
+  u32 w[4];
+};
+
 // ---- cp.async (sm_80+) --------------------------------------------------------------------------
 // 16-byte global->shared copy; `src_bytes` < 16 zero-fills the rest (0 gives a zero row for
 // masking).

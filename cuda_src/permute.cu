@@ -1,20 +1,32 @@
-// Deterministic finalize: out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]],
-// accumulated in fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
-// One block per token; each thread owns 8 consecutive columns (one 16-byte vector; H % 8 == 0).
+// Moving rows between token order and the plan's permuted (expert-grouped) order.
+//
+//   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed permuted row p (the
+//                expand pass feeding TMA-loaded GEMMs; padding rows are left untouched).
+//   finalize:    out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]], summed in
+//                fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
+// Rows move as 16-byte vectors (H % 8 == 0 for 16-bit elements).
 #include "common/ptx.cuh"
 
+constexpr int GATHER_THREADS = 128;
 constexpr int FINALIZE_THREADS = 128;
 
-struct alignas(16) Vec8 {
-  u32 w[4];
-};
+// One block per permuted row; the element type does not matter, only the row's 16-byte vectors.
+extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
+    gather_rows(const Vec16* __restrict__ x, const int* __restrict__ permuted_to_expanded,
+                int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
+  const int expanded = permuted_to_expanded[blockIdx.x];
+  if (expanded < 0) return;
+  const Vec16* src = x + (i64)(expanded / top_k) * row_vectors;
+  Vec16* dst = x_perm + (i64)blockIdx.x * row_vectors;
+  for (int v = threadIdx.x; v < row_vectors; v += GATHER_THREADS) dst[v] = src[v];
+}
 
 template <typename Elem>
 DEV void store8(Elem* dst, const float (&v)[8]) {
-  Vec8 packed;
+  Vec16 packed;
 #pragma unroll
   for (int q = 0; q < 4; ++q) packed.w[q] = pack2(dst, v[2 * q], v[2 * q + 1]);
-  *reinterpret_cast<Vec8*>(dst) = packed;
+  *reinterpret_cast<Vec16*>(dst) = packed;
 }
 DEV void store8(float* dst, const float (&v)[8]) {
   reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -32,7 +44,7 @@ DEV void finalize(const Elem* __restrict__ y, const int* __restrict__ expanded_t
       const int p = expanded_to_permuted[t * k + j];
       if (p < 0) continue;
       const float w = topk_weights[t * k + j];
-      const Vec8 v = *reinterpret_cast<const Vec8*>(y + (i64)p * hidden + c);
+      const Vec16 v = *reinterpret_cast<const Vec16*>(y + (i64)p * hidden + c);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const float2 f = unpack2((Elem*)nullptr, v.w[q]);

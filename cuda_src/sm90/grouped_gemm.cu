@@ -1,0 +1,268 @@
+// Hopper (sm_90a) grouped GEMM for the MoE expert layers: TMA loads into a STAGES-deep shared
+// memory ring guarded by mbarriers, wgmma on two consumer warpgroups, one producer warpgroup,
+// a persistent grid walking a static tile schedule over the device-side routing plan.
+//
+// A is row-major [rows, K] in the plan's permuted order (x gathered by `gather_rows`, or h); M tile
+// i covers rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded to BM rows.
+// B is w viewed as [E * w_rows, K]. Epilogues (rows whose permuted_to_expanded is -1 are padding
+// and never written):
+//   SwiGLU:     h[p, j]      = silu(acc_gate + b1[e, j]) * (acc_up + b1[e, I + j])
+//               (a tile's B holds BN/2 gate rows, then the BN/2 matching up rows)
+//   Store:      y[p, n]      = acc + b2[e, n]
+//   ScatterAdd: out[tok, n] += w(p) * (acc + b2[e, n]), tok = permuted_to_expanded[p] / top_k;
+//               K may be split across units (the atomics sum the partials; split 0 adds the bias).
+// Each epilogue stages its 64-row slab through shared memory so that every global store or
+// reduction is a coalesced 16-byte vector.
+#include "../common/async.cuh"
+#include "wgmma.cuh"
+
+namespace sm90 {
+
+constexpr int BM = 128;  // two consumer warpgroups of 64 rows
+constexpr int BK = 64;   // one 128-byte swizzled row of 16-bit elements
+constexpr int THREADS = 384;
+constexpr int PRODUCER_REGS = 40;
+constexpr int CONSUMER_REGS = 232;
+constexpr int CONSUMER_WARPS = 8;
+constexpr int GROUP_N = 8;               // n tiles walked together (L2 reuse of A and B)
+constexpr int STAGING_ROW_BYTES = 128;   // epilogue pass: 128 bytes of each of 64 rows
+constexpr int STAGING_PITCH = 128 + 16;  // padded: fragment writes hit distinct banks
+constexpr int ELEM_BYTES = 2;
+
+enum class Epilogue { SwiGLU, Store, ScatterAdd };
+
+template <int BN, int STAGES>
+struct Layout {
+  static constexpr int A_STAGE_BYTES = BM * BK * ELEM_BYTES;
+  static constexpr int B_STAGE_BYTES = BN * BK * ELEM_BYTES;
+  static constexpr int STAGE_BYTES = A_STAGE_BYTES + B_STAGE_BYTES;
+  static constexpr int A_OFFSET = 0;
+  static constexpr int B_OFFSET = STAGES * A_STAGE_BYTES;
+  static constexpr int STAGING_OFFSET = B_OFFSET + STAGES * B_STAGE_BYTES;
+  static constexpr int BARRIER_OFFSET = STAGING_OFFSET + 2 * 64 * STAGING_PITCH;
+  static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
+  static constexpr int LAUNCH_BYTES = BYTES + 1024;  // room to align the base to 1024 bytes
+  static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 1024 == 0, "swizzle atoms");
+  static_assert(LAUNCH_BYTES <= 232448, "exceeds the 227 KiB of shared memory per block");
+};
+
+// One unit of work: an output tile (m, n) and a slice of the K blocks.
+struct Unit {
+  int m, n, k_begin, k_end;
+};
+
+struct Schedule {
+  int num_m, num_n, k_splits, k_blocks, k_per_split;
+  DEV int count() const { return num_m * num_n * k_splits; }
+  // Units sharing a K slice are walked GROUP_N n tiles at a time, m fastest inside a group row:
+  // neighbouring CTAs share A tiles and B tiles while both are still in L2.
+  DEV Unit unit(int u) const {
+    const int split = u % k_splits;
+    const int t = u / k_splits;
+    const int per_group = num_m * GROUP_N;
+    const int group = t / per_group, r = t % per_group;
+    const int n_first = group * GROUP_N;
+    const int width = min(GROUP_N, num_n - n_first);
+    Unit unit;
+    unit.m = r / width;
+    unit.n = n_first + r % width;
+    unit.k_begin = split * k_per_split;
+    unit.k_end = min(k_blocks, unit.k_begin + k_per_split);
+    return unit;
+  }
+};
+
+template <typename Elem, int BN, Epilogue EPI, typename OutT>
+struct Epi {
+  static constexpr int OUT_COLS = EPI == Epilogue::SwiGLU ? BN / 2 : BN;
+  static constexpr int PASS_COLS = STAGING_ROW_BYTES / sizeof(OutT);
+  static constexpr int CHUNK_ELEMS = 16 / sizeof(OutT);
+  static constexpr int CHUNKS_PER_ROW = STAGING_ROW_BYTES / 16;
+  static_assert(OUT_COLS % PASS_COLS == 0, "whole passes");
+};
+
+DEV void store_pair(unsigned char* dst, float v0, float v1, Bf16* tag) {
+  *reinterpret_cast<u32*>(dst) = pack2(tag, v0, v1);
+}
+DEV void store_pair(unsigned char* dst, float v0, float v1, F16* tag) {
+  *reinterpret_cast<u32*>(dst) = pack2(tag, v0, v1);
+}
+DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
+  *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+}
+
+template <typename Elem, int BN, int STAGES, Epilogue EPI, typename OutT>
+DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* __restrict__ bias,
+                      const int* __restrict__ tile_expert, const int* __restrict__ expert_offsets,
+                      int num_local_experts, const int* __restrict__ permuted_to_expanded,
+                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
+                      int top_k, int k_splits) {
+  using L = Layout<BN, STAGES>;
+  using E = Epi<Elem, BN, EPI, OutT>;
+  constexpr int ACC = BN / 2;
+
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  u64* inputs_ready = reinterpret_cast<u64*>(smem + L::BARRIER_OFFSET);
+  u64* stage_free = inputs_ready + STAGES;
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&inputs_ready[s], 1);
+      mbar_init(&stage_free[s], CONSUMER_WARPS);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  Schedule sched;
+  sched.num_m = expert_offsets[num_local_experts] / BM;
+  sched.num_n = (N + E::OUT_COLS - 1) / E::OUT_COLS;
+  sched.k_blocks = (K + BK - 1) / BK;
+  sched.k_splits = k_splits;
+  sched.k_per_split = (sched.k_blocks + k_splits - 1) / k_splits;
+  const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
+
+  if (warpgroup == 0) {
+    // ---- producer: one thread issues every TMA load -------------------------------------------
+    regs_dealloc<PRODUCER_REGS>();
+    if (threadIdx.x / 32 != 0 || !elect_one()) return;
+    tma_prefetch_desc(a_desc);
+    tma_prefetch_desc(b_desc);
+    RingState<STAGES> ring;
+    for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
+      const Unit unit = sched.unit(u);
+      const int b_row =
+          tile_expert[unit.m] * w_rows + unit.n * (EPI == Epilogue::SwiGLU ? BN / 2 : BN);
+      for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
+        mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
+        u64* bar = &inputs_ready[ring.stage];
+        unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
+        unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
+        mbar_arrive_expect_tx(bar, L::STAGE_BYTES);
+        tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
+        if (EPI == Epilogue::SwiGLU) {
+          tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+          tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
+        } else {
+          tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup c computes rows [64c, 64c + 64) of each tile -----------------------
+  regs_alloc<CONSUMER_REGS>();
+  const int c = warpgroup - 1;
+  const int t = threadIdx.x % 128, lane = t % 32, warp = t / 32;
+  unsigned char* staging = smem + L::STAGING_OFFSET + c * 64 * STAGING_PITCH;
+  float acc[ACC];
+  RingState<STAGES> ring;
+  for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
+    const Unit unit = sched.unit(u);
+    for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
+      mbar_wait(&inputs_ready[ring.stage], ring.phase);
+      const u64 a = smem_desc_sw128(smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES +
+                                    c * 64 * BK * ELEM_BYTES);
+      const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES);
+      wgmma_fence();
+#pragma unroll
+      for (int k16 = 0; k16 < BK / 16; ++k16) {
+        wgmma_m64nNk16<BN>(acc, smem_desc_advance_k16(a, k16), smem_desc_advance_k16(b, k16),
+                           kb > unit.k_begin || k16 > 0, (Elem*)nullptr);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      if (lane == 0) mbar_arrive(&stage_free[ring.stage]);
+    }
+
+    // ---- epilogue: registers -> staging (scaled, biased, converted) -> 16-byte global ops -----
+    const int expert = tile_expert[unit.m];
+    const Elem* expert_bias = bias && unit.k_begin == 0 ? bias + (i64)expert * w_rows : nullptr;
+    const int row_base = unit.m * BM + c * 64;
+    float row_scale[2] = {1.0f, 1.0f};
+    if (EPI == Epilogue::ScatterAdd) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int expanded = permuted_to_expanded[row_base + 16 * warp + lane / 4 + 8 * half];
+        row_scale[half] = expanded >= 0 ? topk_weights[expanded] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int pass = 0; pass < E::OUT_COLS / E::PASS_COLS; ++pass) {
+#pragma unroll
+      for (int g = 0; g < E::PASS_COLS / 8; ++g) {
+        const int j8 = pass * (E::PASS_COLS / 8) + g;  // 8-column group of the output tile
+        const int col = unit.n * E::OUT_COLS + j8 * 8 + 2 * (lane % 4);
+        const bool col_ok = col < N;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float v[2];
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const float x = acc[4 * j8 + 2 * half + q];
+            if (EPI == Epilogue::SwiGLU) {
+              const float up = acc[4 * (j8 + BN / 16) + 2 * half + q];
+              const float bg = expert_bias && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
+              const float bu = expert_bias && col_ok ? to_float(expert_bias[N + col + q]) : 0.0f;
+              v[q] = silu(x + bg) * (up + bu);
+            } else {
+              const float b = expert_bias && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
+              v[q] = row_scale[half] * (x + b);
+            }
+          }
+          store_pair(staging + (16 * warp + lane / 4 + 8 * half) * STAGING_PITCH +
+                         (g * 8 + 2 * (lane % 4)) * (int)sizeof(OutT),
+                     v[0], v[1], (OutT*)nullptr);
+        }
+      }
+      named_barrier_sync(1 + c, 128);
+#pragma unroll
+      for (int i = t; i < 64 * E::CHUNKS_PER_ROW; i += 128) {
+        const int r = i / E::CHUNKS_PER_ROW, chunk = i % E::CHUNKS_PER_ROW;
+        const int col = unit.n * E::OUT_COLS + pass * E::PASS_COLS + chunk * E::CHUNK_ELEMS;
+        const int p = row_base + r;
+        const int expanded = permuted_to_expanded[p];
+        if (expanded < 0 || col >= N) continue;
+        const Vec16 v = *reinterpret_cast<const Vec16*>(staging + r * STAGING_PITCH + chunk * 16);
+        if (EPI == Epilogue::ScatterAdd) {
+          red_add_16(out + (i64)(expanded / top_k) * N + col, v);
+        } else {
+          st_global_16(out + (i64)p * N + col, v);
+        }
+      }
+      named_barrier_sync(1 + c, 128);
+    }
+  }
+}
+
+}  // namespace sm90
+
+// Entry points: one per (dtype, BN, variant). Launch: a persistent grid of at most one CTA per
+// SM, THREADS threads, Layout<BN, STAGES>::LAUNCH_BYTES of dynamic shared memory; the host side
+// (moefuse/kernels.py) mirrors the names and geometry.
+#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT)                                  \
+  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                              \
+      NAME(const __grid_constant__ TmaDesc a_desc, const __grid_constant__ TmaDesc b_desc,    \
+           const ELEM* bias, const int* tile_expert, const int* expert_offsets,               \
+           int num_local_experts, const int* permuted_to_expanded, const float* topk_weights, \
+           OUT* out, int K, int N, int top_k, int k_splits) {                                 \
+    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                           \
+        &a_desc, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,               \
+        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits);                      \
+  }
+
+#define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BN, STAGES)                                              \
+  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, ELEM)            \
+  MOEFUSE_SM90_ENTRY(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, ELEM)              \
+  MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_##TAG, ELEM, BN, STAGES, ScatterAdd, \
+                     ELEM)                                                                       \
+  MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_f32, ELEM, BN, STAGES, ScatterAdd,   \
+                     float)
+
+MOEFUSE_SM90_ENTRIES(bf16, Bf16, 128, 6)
+MOEFUSE_SM90_ENTRIES(bf16, Bf16, 256, 4)
+MOEFUSE_SM90_ENTRIES(f16, F16, 128, 6)
+MOEFUSE_SM90_ENTRIES(f16, F16, 256, 4)
