@@ -402,6 +402,29 @@ def check_case(case: Case, layer: Any, ctx: dict, args: Any, row: dict) -> tuple
     return cupy_run, torch_run
 
 
+def stage_times(layer: Any, case: Case, fused: bool, ctx: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median ms of each step of one eager forward (`MoELayer.steps`), events between steps."""
+    x, w, ids = case.sets[0]
+    out = cp.empty((case.T, case.shape.H), dtype=case.dtype)
+    _, steps = layer.steps(x, w, ids, out=out, fused_finalize=fused)
+    for _, launch in steps:
+        launch()
+    samples: dict[str, list[float]] = {name: [] for name, _ in steps}
+    stream = ctx["stream"]
+    for _ in range(reps):
+        ctx["flush"]()
+        events = [cp.cuda.Event()]
+        events[0].record(stream)
+        for _, launch in steps:
+            launch()
+            events.append(cp.cuda.Event())
+            events[-1].record(stream)
+        stream.synchronize()
+        for (name, _), start, end in zip(steps, events, events[1:], strict=False):
+            samples[name].append(cp.cuda.get_elapsed_time(start, end))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def run_case(case: Case, layer: Any, ctx: dict[str, Any], args: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"case": case.name, "T": case.T, "notes": []}
     cupy_run, torch_run = check_case(case, layer, ctx, args, row)
@@ -436,6 +459,12 @@ def run_case(case: Case, layer: Any, ctx: dict[str, Any], args: Any) -> dict[str
         fused_over_unfused=row["fused_ms"] / row["unfused_ms"],
         speedup=min(baselines) / row["fused_ms"] if baselines else None,
     )
+    if args.stages:
+        fused_steps = stage_times(layer, case, True, ctx, args.reps)
+        store_steps = stage_times(layer, case, False, ctx, args.reps)
+        row["stages"] = {f"{k} (fused)": v for k, v in fused_steps.items()}
+        row["stages"].update({f"{k} (unfused)": v for k, v in store_steps.items()})
+        row["gemm2_fused_over_store"] = fused_steps["gemm2"] / store_steps["gemm2"]
     return row
 
 
@@ -545,6 +574,15 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "  (bytes: weights of the experts hit + x + out); f/u = fused / unfused time",
         "speedup = best baseline / fused; rel_err = ||moefuse fused - cupy|| / ||cupy||",
     ]
+    staged = [r for r in rows if "stages" in r]
+    if staged:
+        names = list(dict.fromkeys(k for r in staged for k in r["stages"]))
+        lines += ["", "per-step ms, one eager forward (--stages): " + ", ".join(names)]
+        for r in staged:
+            cells = " ".join(f"{r['stages'].get(n, float('nan')):.4f}" for n in names)
+            lines.append(
+                f"{r['case']:<10} {r['T']:>6}  {cells}  gemm2 fused/store {r['gemm2_fused_over_store']:.3f}"
+            )
     many = len(rows) > 1
     lines += [
         f"note ({'all' if many and len(c) == len(rows) else ', '.join(c)}): {n}" for n, c in notes.items()
@@ -592,6 +630,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-seconds", type=float, default=3.0, help="cut reps (to >= 5) of slow calls to this")
     add("--no-baseline", action="store_true", help="skip baselines (CuPy still checks moefuse)")
     add("--json", metavar="FILE", help="also write all results to FILE")
+    add("--stages", action="store_true", help="also time each step of the forward (plan, GEMMs, ...)")
     add("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:

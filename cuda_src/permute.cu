@@ -1,7 +1,8 @@
 // Moving rows between token order and the plan's permuted (expert-grouped) order.
 //
 //   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed permuted row p (the
-//                expand pass feeding TMA-loaded GEMMs; padding rows are left untouched).
+//                expand pass feeding TMA-loaded GEMMs; padding rows are left untouched); it also
+//                zeroes the fused finalize's output.
 //   finalize:    out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]], summed in
 //                fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
 // Rows move as 16-byte vectors (H % 8 == 0 for 16-bit elements).
@@ -11,9 +12,17 @@ constexpr int GATHER_THREADS = 128;
 constexpr int FINALIZE_THREADS = 128;
 
 // One block per permuted row; the element type does not matter, only the row's 16-byte vectors.
+// The blocks also zero `zero` (zero_vectors vectors, may be 0): the fused finalize's output,
+// cleared by a kernel the forward runs anyway instead of a memset of its own.
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
     gather_rows(const Vec16* __restrict__ x, const int* __restrict__ permuted_to_expanded,
-                int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
+                int top_k, int row_vectors, Vec16* __restrict__ x_perm, Vec16* __restrict__ zero,
+                i64 zero_vectors) {
+  const Vec16 zeros = {{0u, 0u, 0u, 0u}};
+  for (i64 v = (i64)blockIdx.x * GATHER_THREADS + threadIdx.x; v < zero_vectors;
+       v += (i64)gridDim.x * GATHER_THREADS) {
+    zero[v] = zeros;
+  }
   const int expanded = permuted_to_expanded[blockIdx.x];
   if (expanded < 0) return;
   const Vec16* src = x + (i64)(expanded / top_k) * row_vectors;

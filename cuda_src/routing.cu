@@ -4,11 +4,13 @@
 // Plan pipeline over the T*k expanded indices i = t*k + j, in chunks of PLAN_CHUNK:
 //   1. plan_rank:          rank[i] = #earlier entries of the same chunk routed to the same expert;
 //                          the last such entry writes the chunk's count to chunk_count[e][chunk].
+//                          Its blocks also fill tile_expert and permuted_to_expanded with -1.
 //   2. plan_scan_chunks:   per expert, exclusive scan of chunk_count over chunks (in place) and the
 //                          expert's total.
 //   3. plan_expert_offsets: scan of the experts' totals padded to tile_m -> expert_offsets, and the
-//                          tile schedule tile_expert[tile] (pre-filled with -1).
+//                          tile schedule tile_expert[tile].
 //   4. plan_scatter:       permuted row of i = expert_offsets[e] + chunk_count[e][chunk] + rank[i].
+// With at most one chunk (T*k <= PLAN_CHUNK, decode), plan_small does all four in one block.
 // The order inside an expert's segment is ascending expanded index, so the plan is deterministic.
 #include "common/ptx.cuh"
 
@@ -51,38 +53,57 @@ DEV int local_expert(const IdT* ids, int i, int first_expert, int num_local) {
   return (e >= 0 && e < num_local) ? (int)e : -1;
 }
 
+// Rank of entry `self` (expert e >= 0) among the n entries of `experts` routed to the same expert,
+// and whether it is the last of them.
+DEV int rank_in_chunk(const int* experts, int n, int self, int e, bool& last) {
+  int before = 0;
+  last = true;
+  for (int j = 0; j < n; ++j) {
+    const bool same = experts[j] == e;
+    before += same && j < self;
+    last = last && !(same && j > self);
+  }
+  return before;
+}
+
+DEV void fill_unrouted(int* tile_expert, int max_tiles, int* permuted_to_expanded, int capacity,
+                       int thread, int threads) {
+  for (int t = thread; t < max_tiles; t += threads) tile_expert[t] = -1;
+  for (int p = thread; p < capacity; p += threads) permuted_to_expanded[p] = -1;
+}
+
 template <typename IdT>
 DEV void plan_rank(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
                    int num_local, int num_chunks, int* __restrict__ rank,
-                   int* __restrict__ chunk_count) {
+                   int* __restrict__ chunk_count, int* __restrict__ tile_expert, int max_tiles,
+                   int* __restrict__ permuted_to_expanded, int capacity) {
   __shared__ int experts[PLAN_CHUNK];
+  fill_unrouted(tile_expert, max_tiles, permuted_to_expanded, capacity,
+                blockIdx.x * PLAN_CHUNK + threadIdx.x, gridDim.x * PLAN_CHUNK);
+  for (int e = threadIdx.x; e < num_local; e += PLAN_CHUNK) {
+    chunk_count[(i64)e * num_chunks + blockIdx.x] = 0;
+  }
   const int base = blockIdx.x * PLAN_CHUNK, i = base + threadIdx.x;
   const int n = min(PLAN_CHUNK, n_expanded - base);
   const int e = i < n_expanded ? local_expert(topk_ids, i, first_expert, num_local) : -1;
   experts[threadIdx.x] = e;
   __syncthreads();
   if (e < 0) return;
-  int before = 0;
-  bool last = true;
-  for (int j = 0; j < n; ++j) {
-    const bool same = experts[j] == e;
-    before += same && j < (int)threadIdx.x;
-    last = last && !(same && j > (int)threadIdx.x);
-  }
-  rank[i] = before;
-  if (last) chunk_count[(i64)e * num_chunks + blockIdx.x] = before + 1;
+  bool last;
+  rank[i] = rank_in_chunk(experts, n, threadIdx.x, e, last);
+  if (last) chunk_count[(i64)e * num_chunks + blockIdx.x] = rank[i] + 1;
 }
 
-extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
-    plan_rank_i32(const int* topk_ids, int n_expanded, int first_expert, int num_local,
-                  int num_chunks, int* rank, int* chunk_count) {
-  plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count);
-}
-extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
-    plan_rank_i64(const i64* topk_ids, int n_expanded, int first_expert, int num_local,
-                  int num_chunks, int* rank, int* chunk_count) {
-  plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count);
-}
+#define MOEFUSE_PLAN_RANK_ENTRY(NAME, IDT)                                                       \
+  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                       \
+      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int num_chunks, \
+           int* rank, int* chunk_count, int* tile_expert, int max_tiles,                         \
+           int* permuted_to_expanded, int capacity) {                                            \
+    plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count,      \
+              tile_expert, max_tiles, permuted_to_expanded, capacity);                           \
+  }
+MOEFUSE_PLAN_RANK_ENTRY(plan_rank_i32, int)
+MOEFUSE_PLAN_RANK_ENTRY(plan_rank_i64, i64)
 
 // One block per expert: chunk_count[e][:] becomes its exclusive prefix; expert_counts[e] the total.
 extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
@@ -101,14 +122,12 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
   if (threadIdx.x == 0) expert_counts[blockIdx.x] = carry;
 }
 
-// One block: expert_offsets[e] = sum over e' < e of expert_counts[e'] rounded up to tile_m, and
-// tile_expert[t] = e for each of expert e's tiles (the rest stay -1).
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
-    plan_expert_offsets(const int* expert_counts, int num_local, int tile_m, int* expert_offsets,
-                        int* tile_expert) {
-  __shared__ int scratch[33];
+// Whole block: expert_offsets[e] = sum over e' < e of expert_counts[e'] rounded up to tile_m,
+// and tile_expert[t] = e for each of expert e's tiles.
+DEV void write_expert_offsets(const int* expert_counts, int num_local, int tile_m,
+                              int* expert_offsets, int* tile_expert, int* scratch) {
   int carry = 0;
-  for (int e0 = 0; e0 < num_local; e0 += SCAN_THREADS) {
+  for (int e0 = 0; e0 < num_local; e0 += blockDim.x) {
     const int e = e0 + threadIdx.x;
     const int tiles = e < num_local ? (expert_counts[e] + tile_m - 1) / tile_m : 0;
     int total;
@@ -121,6 +140,57 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
   }
   if (threadIdx.x == 0) expert_offsets[num_local] = carry * tile_m;
 }
+
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+    plan_expert_offsets(const int* expert_counts, int num_local, int tile_m, int* expert_offsets,
+                        int* tile_expert) {
+  __shared__ int scratch[33];
+  write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
+}
+
+// The whole plan in one block, for T*k <= PLAN_CHUNK.
+template <typename IdT>
+DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
+                    int num_local, int tile_m, int* __restrict__ expert_counts,
+                    int* __restrict__ expert_offsets, int* __restrict__ tile_expert, int max_tiles,
+                    int* __restrict__ permuted_to_expanded, int capacity,
+                    int* __restrict__ expanded_to_permuted) {
+  __shared__ int experts[PLAN_CHUNK];
+  __shared__ int scratch[33];
+  const int i = threadIdx.x;
+  const int e = i < n_expanded ? local_expert(topk_ids, i, first_expert, num_local) : -1;
+  experts[i] = e;
+  fill_unrouted(tile_expert, max_tiles, permuted_to_expanded, capacity, i, PLAN_CHUNK);
+  __syncthreads();
+  for (int expert = i; expert < num_local; expert += PLAN_CHUNK) {
+    int count = 0;
+    for (int j = 0; j < n_expanded; ++j) count += experts[j] == expert;
+    expert_counts[expert] = count;
+  }
+  __syncthreads();
+  write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
+  __syncthreads();
+  if (i >= n_expanded) return;
+  int p = -1;
+  if (e >= 0) {
+    bool last;
+    p = expert_offsets[e] + rank_in_chunk(experts, n_expanded, i, e, last);
+    permuted_to_expanded[p] = i;
+  }
+  expanded_to_permuted[i] = p;
+}
+
+#define MOEFUSE_PLAN_SMALL_ENTRY(NAME, IDT)                                                  \
+  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                   \
+      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m, \
+           int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,         \
+           int* permuted_to_expanded, int capacity, int* expanded_to_permuted) {             \
+    plan_small(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts,         \
+               expert_offsets, tile_expert, max_tiles, permuted_to_expanded, capacity,       \
+               expanded_to_permuted);                                                        \
+  }
+MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i32, int)
+MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i64, i64)
 
 template <typename IdT>
 DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
@@ -139,22 +209,16 @@ DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int firs
   expanded_to_permuted[i] = p;
 }
 
-extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
-    plan_scatter_i32(const int* topk_ids, int n_expanded, int first_expert, int num_local,
-                     int num_chunks, const int* rank, const int* chunk_prefix,
-                     const int* expert_offsets, int* permuted_to_expanded,
-                     int* expanded_to_permuted) {
-  plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,
-               expert_offsets, permuted_to_expanded, expanded_to_permuted);
-}
-extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)
-    plan_scatter_i64(const i64* topk_ids, int n_expanded, int first_expert, int num_local,
-                     int num_chunks, const int* rank, const int* chunk_prefix,
-                     const int* expert_offsets, int* permuted_to_expanded,
-                     int* expanded_to_permuted) {
-  plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,
-               expert_offsets, permuted_to_expanded, expanded_to_permuted);
-}
+#define MOEFUSE_PLAN_SCATTER_ENTRY(NAME, IDT)                                                    \
+  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                       \
+      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int num_chunks, \
+           const int* rank, const int* chunk_prefix, const int* expert_offsets,                  \
+           int* permuted_to_expanded, int* expanded_to_permuted) {                               \
+    plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,  \
+                 expert_offsets, permuted_to_expanded, expanded_to_permuted);                    \
+  }
+MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i32, int)
+MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i64, i64)
 
 // One warp per token: softmax over E logits, then the k largest (ties to the lower expert id),
 // found one at a time as the largest key strictly below the previous pick. O(k * E / 32) per warp.

@@ -12,7 +12,7 @@ from functools import cache
 from typing import ClassVar
 
 from . import _device, _tma, heuristics
-from .kernels import cdiv, dtype_tag, function, gather_rows, i32, pointer
+from .kernels import cdiv, dtype_tag, function, i32, pointer
 from .workspace import ArraySpec
 
 BACKEND_ENV = "MOEFUSE_BACKEND"
@@ -23,6 +23,7 @@ class Sm80:
     rows itself."""
 
     name = "sm80"
+    GATHERS_X = True  # GEMM1 reads x's rows itself; no gather pass
     TILE_M = (64, 128)
     THREADS = 256
     BN = 128
@@ -60,7 +61,7 @@ class Sm80:
             i32(plan.top_k),
         )
 
-    def gemm1_swiglu(self, x, w1, b1, plan, h, arrays) -> None:
+    def gemm1_swiglu(self, x, w1, b1, plan, h) -> None:
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
         name = f"gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}"
         self._launch(
@@ -83,12 +84,13 @@ class Sm90:
     and B arrive by TMA, so GEMM1 reads x through a gather pass into x_perm."""
 
     name = "sm90"
+    GATHERS_X = False  # TMA loads boxes of rows: x goes through `gather_rows` into x_perm first
     TILE_M = (128,)
     THREADS = 384
     BM = 128
     BK = 64
-    STAGES: ClassVar[dict[int, int]] = {128: 6, 256: 4}  # per BN, as in the kernel entries
-    STAGING_BYTES = 2 * 64 * (128 + 16)
+    STAGES: ClassVar[dict[int, int]] = {64: 8, 128: 6, 256: 4}  # per BN, as in the kernel entries
+    STAGING_BYTES = 2 * 64 * (256 + 16)
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return self.BM
@@ -98,7 +100,7 @@ class Sm90:
 
     def smem_bytes(self, bn: int) -> int:
         stages = self.STAGES[bn]
-        return stages * (self.BM + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8 + 1024
+        return stages * (self.BM + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8
 
     def _launch(
         self,
@@ -144,12 +146,11 @@ class Sm90:
         sms = _device.multiprocessor_count(_device.require_gpu())
         return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split)
 
-    def gemm1_swiglu(self, x, w1, b1, plan, h, arrays) -> None:
+    def gemm1_swiglu(self, x_perm, w1, b1, plan, h) -> None:
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
-        gather_rows(x, plan, arrays["x_perm"])
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, can_split=False)
-        name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_n{bn}"
-        self._launch(name, bn, 1, True, arrays["x_perm"], w1, b1, plan, None, h, hidden, inter)
+        name = f"sm90_gemm1_swiglu_{dtype_tag(x_perm.dtype)}_n{bn}"
+        self._launch(name, bn, 1, True, x_perm, w1, b1, plan, None, h, hidden, inter)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]

@@ -22,14 +22,17 @@ def choose_sm90_tiles(
     """(BN, k_splits) for a Hopper grouped GEMM with up to `max_tiles` M tiles and `n` output
     columns (SwiGLU: a BN-wide B tile makes BN/2 outputs).
 
-    The widest tile that still gives every SM a unit of work; when even BN = 128 leaves SMs idle
-    (decode), a GEMM whose epilogue reduces with atomics splits K so that the units come to about
-    one per SM (each split keeps at least four 64-deep K blocks)."""
-    for bn in (256, 128):
+    The widest tile (256, 128, 64) that still gives every SM a unit of work. When even BN = 64
+    leaves SMs idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the
+    units come to about one per SM (each split keeps at least four 64-deep K blocks)."""
+    for bn in SM90_TILE_N:
         units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
         if units >= num_sms:
             return bn, 1
     if not can_split:
-        return 128, 1
+        return bn, 1
     k_blocks = -(-depth // 64)
-    return 128, max(1, min(round(num_sms / units), k_blocks // 4))
+    return bn, max(1, min(round(num_sms / units), k_blocks // 4))
+
+
+SM90_TILE_N = (256, 128, 64)

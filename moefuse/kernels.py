@@ -59,43 +59,65 @@ def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
     )
 
 
-def build_plan(topk_ids, first_expert: int, num_local: int, tile_m: int, plan, rank, chunk_count) -> None:
-    """Launch the four plan kernels into `plan`'s arrays, pre-filled by the caller (chunk_count 0;
-    tile_expert and permuted_to_expanded -1). `rank` and `chunk_count` are scratch."""
+def build_plan(topk_ids, plan, rank, chunk_count) -> None:
+    """Launch the plan kernels into `plan`'s arrays (they fill every entry themselves);
+    `rank` and `chunk_count` are scratch. One kernel when T*k fits one chunk, else four."""
     n_expanded = topk_ids.size
     num_chunks = cdiv(n_expanded, PLAN_CHUNK)
     suffix = "i64" if topk_ids.dtype == np.int64 else "i32"
-    common = (topk_ids, i32(n_expanded), i32(first_expert), i32(num_local), i32(num_chunks))
-    function("routing", f"plan_rank_{suffix}")((num_chunks,), (PLAN_CHUNK,), (*common, rank, chunk_count))
+    num_local = plan.num_local_experts
+    head = (topk_ids, i32(n_expanded), i32(plan.first_expert), i32(num_local))
+    unrouted = (plan.tile_expert, i32(plan.max_tiles), plan.permuted_to_expanded, i32(plan.capacity))
+    if num_chunks == 1:
+        function("routing", f"plan_small_{suffix}")(
+            (1,),
+            (PLAN_CHUNK,),
+            (
+                *head,
+                i32(plan.tile_m),
+                plan.expert_counts,
+                plan.expert_offsets,
+                *unrouted,
+                plan.expanded_to_permuted,
+            ),
+        )
+        return
+    head = (*head, i32(num_chunks))
+    function("routing", f"plan_rank_{suffix}")(
+        (num_chunks,), (PLAN_CHUNK,), (*head, rank, chunk_count, *unrouted)
+    )
     function("routing", "plan_scan_chunks")(
         (num_local,), (SCAN_THREADS,), (chunk_count, i32(num_chunks), plan.expert_counts)
     )
     function("routing", "plan_expert_offsets")(
         (1,),
         (SCAN_THREADS,),
-        (plan.expert_counts, i32(num_local), i32(tile_m), plan.expert_offsets, plan.tile_expert),
+        (plan.expert_counts, i32(num_local), i32(plan.tile_m), plan.expert_offsets, plan.tile_expert),
     )
     function("routing", f"plan_scatter_{suffix}")(
         (num_chunks,),
         (PLAN_CHUNK,),
-        (
-            *common,
-            rank,
-            chunk_count,
-            plan.expert_offsets,
-            plan.permuted_to_expanded,
-            plan.expanded_to_permuted,
-        ),
+        (*head, rank, chunk_count, plan.expert_offsets, plan.permuted_to_expanded, plan.expanded_to_permuted),
     )
 
 
-def gather_rows(x, plan, x_perm) -> None:
-    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
+def gather_rows(x, plan, x_perm, zero=None) -> None:
+    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched); also
+    zeroes the array `zero` (the fused path's output) when given."""
     row_vectors = x.shape[1] * x.dtype.itemsize // 16
+    zero_vectors = 0 if zero is None else zero.nbytes // 16
     function("permute", "gather_rows")(
         (plan.capacity,),
         (GATHER_THREADS,),
-        (x, plan.permuted_to_expanded, i32(plan.top_k), i32(row_vectors), x_perm),
+        (
+            x,
+            plan.permuted_to_expanded,
+            i32(plan.top_k),
+            i32(row_vectors),
+            x_perm,
+            pointer(zero),
+            np.int64(zero_vectors),
+        ),
     )
 
 

@@ -7,7 +7,7 @@ import os
 from . import _validate, backends, kernels
 from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array
 from ._device import require_gpu, stream_ptr
-from .plan import build_plan, plan_capacity, plan_specs
+from .plan import launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
 DISABLE_FUSED_FINALIZE_ENV = "MOEFUSE_DISABLE_FUSED_FINALIZE"
@@ -87,6 +87,16 @@ class MoELayer:
         from run to run for k >= 3; with k <= 2 it is deterministic (two adds onto zero commute).
         False runs the deterministic path: GEMM2 stores rows, a finalize kernel sums them in slot
         order. `out_dtype` is x's dtype (default) or float32."""
+        out, steps = self.steps(
+            x, topk_weights, topk_ids, out=out, out_dtype=out_dtype, fused_finalize=fused_finalize
+        )
+        for _, launch in steps:
+            launch()
+        return out
+
+    def steps(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
+        """The forward as `(out, [(name, launch), ...])`: calling each `launch()` in order is
+        exactly `__call__` (arguments are checked here). For profiling the stages one by one."""
         import cupy
 
         x = as_device_array(x, "x")
@@ -101,31 +111,46 @@ class MoELayer:
             dtype = _validate.resolve_out_dtype(out.dtype if out_dtype is None else out_dtype, x.dtype)
             _validate.check_out(out, shape, dtype)
         if num_tokens == 0:
-            return out
+            return out, []
 
         fused = fused_finalize_enabled(fused_finalize)
         x, topk_ids = contiguous(x), contiguous(topk_ids)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
         backend = backends.for_device(require_gpu())
+        num_local = self.dims.num_local_experts
         tile_m, specs = self._workspace_specs(backend, num_tokens, top_k, fused, convert_weights)
-        _validate.check_plan_fits(num_tokens, top_k, self.dims.num_local_experts, tile_m)
+        _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
         arrays = self._workspace.carve(specs)
-        if convert_weights:
-            cupy.copyto(arrays["topk_weights"], topk_weights, casting="unsafe")
-            topk_weights = arrays["topk_weights"]
-
-        routing = build_plan(
-            topk_ids, self.num_experts, self.first_expert, self.dims.num_local_experts, tile_m, arrays
+        routing = plan_from_arrays(
+            num_tokens, top_k, self.num_experts, self.first_expert, num_local, tile_m, arrays
         )
+        weights = arrays["topk_weights"] if convert_weights else topk_weights
         h = arrays["h"]
-        backend.gemm1_swiglu(x, self.w1, self.b1, routing, h, arrays)
+        gemm1_a = x if backend.GATHERS_X else arrays["x_perm"]
+
+        # The fused path adds into `out`, which must start at zero: the gather pass clears it
+        # where there is one, a memset where not.
+        zero_in_gather = fused and not backend.GATHERS_X
+        steps = []
+        if convert_weights:
+            steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
+        steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
+        if not backend.GATHERS_X:
+            zero = out if zero_in_gather else None
+            steps.append(("gather", lambda: kernels.gather_rows(x, routing, gemm1_a, zero)))
+        steps.append(("gemm1", lambda: backend.gemm1_swiglu(gemm1_a, self.w1, self.b1, routing, h)))
         if fused:
-            cupy.cuda.runtime.memsetAsync(out.data.ptr, 0, out.nbytes, stream_ptr())
-            backend.gemm2_scatter(h, self.w2, self.b2, routing, topk_weights, out)
+            if not zero_in_gather:
+                memset = cupy.cuda.runtime.memsetAsync
+                steps.append(("zero_out", lambda: memset(out.data.ptr, 0, out.nbytes, stream_ptr())))
+            steps.append(("gemm2", lambda: backend.gemm2_scatter(h, self.w2, self.b2, routing, weights, out)))
         else:
-            backend.gemm2_store(h, self.w2, self.b2, routing, arrays["y"])
-            kernels.finalize(arrays["y"], routing, topk_weights, out)
-        return out
+            y = arrays["y"]
+            steps += [
+                ("gemm2", lambda: backend.gemm2_store(h, self.w2, self.b2, routing, y)),
+                ("finalize", lambda: kernels.finalize(y, routing, weights, out)),
+            ]
+        return out, steps
 
 
 __all__ = ["MoELayer", "fused_finalize_enabled"]

@@ -7,7 +7,7 @@ import numpy as np
 from . import _validate, backends, kernels
 from ._arrays import ACTIVATION_DTYPES, FLOAT32, as_device_array, contiguous, optional_device_array
 from ._device import require_gpu
-from .plan import RoutingPlan, build_plan, plan_specs
+from .plan import RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
 
 
@@ -49,7 +49,9 @@ def plan(
         tile_m = backends.for_device(require_gpu()).tile_m(num_tokens, top_k, num_local)
     _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
     arrays = Workspace().carve(plan_specs(num_tokens, top_k, num_local, tile_m))
-    return build_plan(ids, num_experts, first_expert, num_local, tile_m, arrays)
+    routing = plan_from_arrays(num_tokens, top_k, num_experts, first_expert, num_local, tile_m, arrays)
+    launch_plan(ids, routing, arrays)
+    return routing
 
 
 def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):

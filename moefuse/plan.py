@@ -70,7 +70,7 @@ class RoutingPlan:
 
 
 def plan_specs(num_tokens: int, top_k: int, num_local_experts: int, tile_m: int) -> list[ArraySpec]:
-    """Plan arrays then scratch. tile_expert and permuted_to_expanded are adjacent (one -1 fill)."""
+    """Plan arrays, then the scratch of the multi-chunk plan kernels."""
     cap = plan_capacity(num_tokens, top_k, num_local_experts, tile_m)
     pairs = num_tokens * top_k
     return [
@@ -84,22 +84,17 @@ def plan_specs(num_tokens: int, top_k: int, num_local_experts: int, tile_m: int)
     ]
 
 
-def build_plan(
-    topk_ids, num_experts: int, first_expert: int, num_local_experts: int, tile_m: int, arrays
+def plan_from_arrays(
+    num_tokens: int,
+    top_k: int,
+    num_experts: int,
+    first_expert: int,
+    num_local_experts: int,
+    tile_m: int,
+    arrays,
 ) -> RoutingPlan:
-    """Fill the arrays carved from `plan_specs` and launch the plan kernels (no host sync)."""
-    import cupy
-
-    from ._device import stream_ptr
-
-    num_tokens, top_k = topk_ids.shape
-    stream = stream_ptr()
-    chunk_count = arrays["chunk_count"]
-    cupy.cuda.runtime.memsetAsync(chunk_count.data.ptr, 0, chunk_count.nbytes, stream)
-    first, last = arrays["tile_expert"], arrays["permuted_to_expanded"]
-    fill_bytes = last.data.ptr + last.nbytes - first.data.ptr
-    cupy.cuda.runtime.memsetAsync(first.data.ptr, 0xFF, fill_bytes, stream)  # int32 -1
-    plan = RoutingPlan(
+    """The RoutingPlan over arrays carved from `plan_specs` (filled by `launch_plan`)."""
+    return RoutingPlan(
         num_tokens=num_tokens,
         top_k=top_k,
         num_experts=num_experts,
@@ -112,11 +107,16 @@ def build_plan(
         expanded_to_permuted=arrays["expanded_to_permuted"],
         tile_expert=arrays["tile_expert"],
     )
+
+
+def launch_plan(topk_ids, plan: RoutingPlan, arrays) -> None:
+    """Launch the plan kernels, which write every entry of the plan's arrays (no host sync)."""
     if topk_ids.size:
-        kernels.build_plan(
-            topk_ids, first_expert, num_local_experts, tile_m, plan, arrays["rank"], arrays["chunk_count"]
-        )
-    else:
-        cupy.cuda.runtime.memsetAsync(plan.expert_counts.data.ptr, 0, plan.expert_counts.nbytes, stream)
-        cupy.cuda.runtime.memsetAsync(plan.expert_offsets.data.ptr, 0, plan.expert_offsets.nbytes, stream)
-    return plan
+        kernels.build_plan(topk_ids, plan, arrays["rank"], arrays["chunk_count"])
+        return
+    import cupy
+
+    from ._device import stream_ptr
+
+    for counts in (plan.expert_counts, plan.expert_offsets):  # an empty batch: nothing routed
+        cupy.cuda.runtime.memsetAsync(counts.data.ptr, 0, counts.nbytes, stream_ptr())

@@ -45,6 +45,8 @@ def compare_plan(topk_ids, num_experts, tile_m, first_expert=0, num_local_expert
         (1000, 2, 8, 0.9),
         (700, 1, 16, 0.0),
         (128, 8, 256, 0.0),
+        (64, 8, 256, 0.0),  # T*k = 512: the one-block plan's largest
+        (65, 8, 256, 0.3),  # two chunks: the multi-kernel plan's smallest
         (4096, 8, 256, 0.0),
         (5000, 6, 64, 0.5),
     ],

@@ -1,0 +1,99 @@
+"""A/B timing of a kernel-source variant against the current one, in one process on one GPU.
+
+    python tools/ab_kernel.py cuda_src/sm90/variant.cu [--module sm90_grouped_gemm]
+        [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10]
+
+The variant must define the same entry points (it is loaded in place of the module's source).
+Rounds alternate between the two sources; each reports the median ms of every forward step
+(MoELayer.steps), so machine drift hits both alike. Prints a table: step, current, variant, ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import cupy as cp
+import ml_dtypes
+import numpy as np
+
+import moefuse
+from moefuse import _cache, _sources
+
+
+def step_times(layer, x, weights, ids, reps: int, flush) -> dict[str, float]:
+    _, steps = layer.steps(x, weights, ids)
+    for _, launch in steps:
+        launch()
+    samples: dict[str, list[float]] = {name: [] for name, _ in steps}
+    for _ in range(reps):
+        flush()
+        events = [cp.cuda.Event()]
+        events[0].record()
+        for _, launch in steps:
+            launch()
+            events.append(cp.cuda.Event())
+            events[-1].record()
+        events[-1].synchronize()
+        for (name, _), start, end in zip(steps, events, events[1:], strict=False):
+            samples[name].append(cp.cuda.get_elapsed_time(start, end))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def use_source(module: str, source: str) -> None:
+    _sources.MODULES[module] = source
+    for key in [k for k in _cache._loaded if k[1] == module]:
+        del _cache._loaded[key]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("variant", type=Path)
+    parser.add_argument("--module", default="sm90_grouped_gemm")
+    parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
+    root = _sources.source_root()
+    sources = {
+        "current": _sources.MODULES[args.module],
+        "variant": str(args.variant.resolve().relative_to(root)),
+    }
+
+    rng = np.random.default_rng(0)
+    bf16 = ml_dtypes.bfloat16
+
+    def randn(*shape, scale=1.0):
+        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(bf16)
+
+    layer = moefuse.MoELayer(
+        randn(experts, 2 * inter, hidden, scale=hidden**-0.5),
+        randn(experts, hidden, inter, scale=inter**-0.5),
+    )
+    x = randn(args.tokens, hidden)
+    ids = cp.asarray(np.argsort(rng.random((args.tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
+    weights = cp.full((args.tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    scratch = cp.empty(256 << 20, dtype=cp.uint8)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, source in sources.items():
+            use_source(args.module, source)
+            outputs[name] = layer(x, weights, ids).astype(cp.float32)
+            results[name].append(step_times(layer, x, weights, ids, args.reps, lambda: scratch.fill(0)))
+    diff = float(cp.linalg.norm(outputs["variant"] - outputs["current"]) / cp.linalg.norm(outputs["current"]))
+    print(
+        f"{moefuse.gpu_name()}  shape H,I,E,k={args.shape}  T={args.tokens}  rel diff of outputs {diff:.2e}"
+    )
+    print(f"{'step':10} {'current ms':>11} {'variant ms':>11} {'ratio':>7}")
+    for step in results["current"][0]:
+        cur = statistics.median(r[step] for r in results["current"])
+        var = statistics.median(r[step] for r in results["variant"])
+        print(f"{step:10} {cur:11.4f} {var:11.4f} {var / cur:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
