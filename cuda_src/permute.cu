@@ -1,34 +1,26 @@
 // Moving rows between token order and the plan's permuted (expert-grouped) order.
 //
-//   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed permuted row p (the
-//                expand pass feeding TMA-loaded GEMMs; padding rows are left untouched); it also
-//                zeroes the fused finalize's output.
+//   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed permuted row p (feeds
+//                GEMMs that load A as boxes of consecutive rows; padding rows are left untouched).
 //   finalize:    out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]], summed in
 //                fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
 // Rows move as 16-byte vectors (H % 8 == 0 for 16-bit elements).
 #include "common/ptx.cuh"
 
 constexpr int GATHER_THREADS = 128;
-constexpr int FINALIZE_THREADS = 128;
 
 // One block per permuted row; the element type does not matter, only the row's 16-byte vectors.
-// The blocks also zero `zero` (zero_vectors vectors, may be 0): the fused finalize's output,
-// cleared by a kernel the forward runs anyway instead of a memset of its own.
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
     gather_rows(const Vec16* __restrict__ x, const int* __restrict__ permuted_to_expanded,
-                int top_k, int row_vectors, Vec16* __restrict__ x_perm, Vec16* __restrict__ zero,
-                i64 zero_vectors) {
-  const Vec16 zeros = {{0u, 0u, 0u, 0u}};
-  for (i64 v = (i64)blockIdx.x * GATHER_THREADS + threadIdx.x; v < zero_vectors;
-       v += (i64)gridDim.x * GATHER_THREADS) {
-    zero[v] = zeros;
-  }
+                int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
   const int expanded = permuted_to_expanded[blockIdx.x];
   if (expanded < 0) return;
   const Vec16* src = x + (i64)(expanded / top_k) * row_vectors;
   Vec16* dst = x_perm + (i64)blockIdx.x * row_vectors;
   for (int v = threadIdx.x; v < row_vectors; v += GATHER_THREADS) dst[v] = src[v];
 }
+
+constexpr int FINALIZE_THREADS = 128;
 
 template <typename Elem>
 DEV void store8(Elem* dst, const float (&v)[8]) {
@@ -42,6 +34,7 @@ DEV void store8(float* dst, const float (&v)[8]) {
   reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
+// One block per token; each thread owns 8 consecutive columns (one 16-byte vector).
 template <typename Elem, typename OutT>
 DEV void finalize(const Elem* __restrict__ y, const int* __restrict__ expanded_to_permuted,
                   const float* __restrict__ topk_weights, int k, int hidden,

@@ -44,7 +44,16 @@ def optional_device_array(obj, name: str):
 
 
 def contiguous(array):
-    """C-contiguous `array`, copied only when it is not already (a documented copy)."""
+    """C-contiguous and 16-byte aligned `array` (the kernels move rows as 16-byte vectors and TMA
+    boxes), copied only when it is not already (a documented copy)."""
     import cupy
 
-    return array if array.flags.c_contiguous else cupy.ascontiguousarray(array)
+    if array.flags.c_contiguous and array.data.ptr % 16 == 0:
+        return array
+    return cupy.array(array, order="C", copy=True)
+
+
+def require_aligned(array, name: str) -> None:
+    """Output arrays are written with 16-byte vector stores: their base must be 16-byte aligned."""
+    if array.data.ptr % 16:
+        raise ValueError(f"{name} must start at a 16-byte aligned address (a fresh array does)")

@@ -11,9 +11,10 @@ import os
 from functools import cache
 from typing import ClassVar
 
+import numpy as np
+
 from . import _device, _tma, heuristics
 from .kernels import cdiv, dtype_tag, function, i32, pointer
-from .workspace import ArraySpec
 
 BACKEND_ENV = "MOEFUSE_BACKEND"
 
@@ -23,8 +24,13 @@ class Sm80:
     rows itself."""
 
     name = "sm80"
-    GATHERS_X = True  # GEMM1 reads x's rows itself; no gather pass
+    CLEARS_OUT_IN_GEMM1 = False  # the fused path's output needs a memset
     TILE_M = (64, 128)
+
+    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
+        """Whether GEMM1 reads x through the gather pass (x_perm): never, it gathers itself."""
+        return False
+
     THREADS = 256
     BN = 128
     BK = 32
@@ -33,9 +39,6 @@ class Sm80:
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_tile_m(num_tokens, top_k, num_local_experts)
-
-    def workspace_specs(self, rows: int, hidden: int, dtype) -> list[ArraySpec]:
-        return []
 
     def smem_bytes(self, tile_m: int) -> int:
         return self.STAGES * (tile_m + self.BN) * self.SMEM_ROW * 2
@@ -62,6 +65,7 @@ class Sm80:
         )
 
     def gemm1_swiglu(self, x, w1, b1, plan, h) -> None:
+        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]); the kernel gathers x's rows itself."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
         name = f"gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}"
         self._launch(
@@ -81,10 +85,10 @@ class Sm80:
 
 class Sm90:
     """cuda_src/sm90/grouped_gemm.cu: a persistent grid of at most one 384-thread CTA per SM; A
-    and B arrive by TMA, so GEMM1 reads x through a gather pass into x_perm."""
+    and B arrive by TMA (GEMM1 gathers x's rows with one-row boxes)."""
 
     name = "sm90"
-    GATHERS_X = False  # TMA loads boxes of rows: x goes through `gather_rows` into x_perm first
+    CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
     TILE_M = (128,)
     THREADS = 384
     BM = 128
@@ -95,8 +99,10 @@ class Sm90:
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return self.BM
 
-    def workspace_specs(self, rows: int, hidden: int, dtype) -> list[ArraySpec]:
-        return [ArraySpec("x_perm", (rows, hidden), dtype)]
+    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
+        """Whether GEMM1 reads x through the gather pass (x_perm, loaded as row boxes) rather than
+        gathering one row per TMA box itself (see heuristics.gemm1_gathers_rows)."""
+        return not heuristics.gemm1_gathers_rows(num_tokens, top_k, num_local_experts)
 
     def smem_bytes(self, bn: int) -> int:
         stages = self.STAGES[bn]
@@ -108,6 +114,7 @@ class Sm90:
         bn: int,
         k_splits: int,
         swiglu: bool,
+        a_box_rows: int,
         a,
         w,
         bias,
@@ -116,8 +123,10 @@ class Sm90:
         out,
         depth: int,
         n: int,
+        zero=None,
     ) -> None:
-        """A GEMM1 tile loads BN/2 gate rows and BN/2 up rows of w (two boxes) for BN/2 outputs."""
+        """A loads as `a_box_rows`-row boxes (1: gathering x's rows); GEMM1 (swiglu) loads, per
+        tile, BN/2 gate and BN/2 up rows of w (two boxes) for BN/2 outputs."""
         fn = function("sm90_grouped_gemm", name)
         smem = self.smem_bytes(bn)
         if fn.max_dynamic_shared_size_bytes < smem:
@@ -126,7 +135,7 @@ class Sm90:
         units = plan.max_tiles * cdiv(n, out_cols) * k_splits
         grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
         args = (
-            _tma.tile_desc(a, self.BM),
+            _tma.tile_desc(a, a_box_rows),
             _tma.tile_desc(w, out_cols),
             pointer(bias),
             plan.tile_expert,
@@ -139,6 +148,8 @@ class Sm90:
             i32(n),
             i32(plan.top_k),
             i32(k_splits),
+            pointer(zero),
+            np.int64(0 if zero is None else zero.nbytes // 16),
         )
         fn((grid,), (self.THREADS,), args, shared_mem=smem)
 
@@ -146,23 +157,26 @@ class Sm90:
         sms = _device.multiprocessor_count(_device.require_gpu())
         return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split)
 
-    def gemm1_swiglu(self, x_perm, w1, b1, plan, h) -> None:
+    def gemm1_swiglu(self, a, w1, b1, plan, h, zero=None) -> None:
+        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), `a` being x [T, H] (rows gathered in the
+        kernel) or x_perm [capacity, H] (after the gather pass); also zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
+        rows = not self.gather_pass(plan.num_tokens, plan.top_k, plan.num_local_experts)
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, can_split=False)
-        name = f"sm90_gemm1_swiglu_{dtype_tag(x_perm.dtype)}_n{bn}"
-        self._launch(name, bn, 1, True, x_perm, w1, b1, plan, None, h, hidden, inter)
+        name = f"sm90_gemm1_swiglu{'_rows' if rows else ''}_{dtype_tag(a.dtype)}_n{bn}"
+        self._launch(name, bn, 1, True, 1 if rows else self.BM, a, w1, b1, plan, None, h, hidden, inter, zero)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, _ = self._tiles(plan, n, depth, swiglu=False, can_split=False)
         name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_n{bn}"
-        self._launch(name, bn, 1, False, a, w2, b2, plan, None, y, depth, n)
+        self._launch(name, bn, 1, False, self.BM, a, w2, b2, plan, None, y, depth, n)
 
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, can_split=True)
         name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_n{bn}_out_{dtype_tag(out.dtype)}"
-        self._launch(name, bn, k_splits, False, a, w2, b2, plan, topk_weights, out, depth, n)
+        self._launch(name, bn, k_splits, False, self.BM, a, w2, b2, plan, topk_weights, out, depth, n)
 
 
 _BACKENDS = {"sm80": Sm80(), "sm90": Sm90()}

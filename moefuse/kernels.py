@@ -101,23 +101,13 @@ def build_plan(topk_ids, plan, rank, chunk_count) -> None:
     )
 
 
-def gather_rows(x, plan, x_perm, zero=None) -> None:
-    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched); also
-    zeroes the array `zero` (the fused path's output) when given."""
+def gather_rows(x, plan, x_perm) -> None:
+    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
     row_vectors = x.shape[1] * x.dtype.itemsize // 16
-    zero_vectors = 0 if zero is None else zero.nbytes // 16
     function("permute", "gather_rows")(
         (plan.capacity,),
         (GATHER_THREADS,),
-        (
-            x,
-            plan.permuted_to_expanded,
-            i32(plan.top_k),
-            i32(row_vectors),
-            x_perm,
-            pointer(zero),
-            np.int64(zero_vectors),
-        ),
+        (x, plan.permuted_to_expanded, i32(plan.top_k), i32(row_vectors), x_perm),
     )
 
 

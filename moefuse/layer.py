@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import _validate, backends, kernels
-from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array
+from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array, require_aligned
 from ._device import require_gpu, stream_ptr
 from .plan import launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
@@ -62,7 +62,8 @@ class MoELayer:
         specs = plan_specs(num_tokens, top_k, num_local, tile_m)
         rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
-        specs += backend.workspace_specs(rows, dims.hidden, dims.dtype)
+        if backend.gather_pass(num_tokens, top_k, num_local):
+            specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
         if not fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
@@ -110,6 +111,7 @@ class MoELayer:
             out = as_device_array(out, "out")
             dtype = _validate.resolve_out_dtype(out.dtype if out_dtype is None else out_dtype, x.dtype)
             _validate.check_out(out, shape, dtype)
+            require_aligned(out, "out")
         if num_tokens == 0:
             return out, []
 
@@ -126,21 +128,20 @@ class MoELayer:
         )
         weights = arrays["topk_weights"] if convert_weights else topk_weights
         h = arrays["h"]
-        gemm1_a = x if backend.GATHERS_X else arrays["x_perm"]
-
-        # The fused path adds into `out`, which must start at zero: the gather pass clears it
-        # where there is one, a memset where not.
-        zero_in_gather = fused and not backend.GATHERS_X
+        # The fused path adds into `out`, which must start at zero: GEMM1 clears it where it can,
+        # a memset where not.
+        clear_in_gemm1 = fused and backend.CLEARS_OUT_IN_GEMM1
+        gemm1_a = arrays.get("x_perm", x)  # x_perm: GEMM1 reads x through the gather pass
+        gemm1_args = (gemm1_a, self.w1, self.b1, routing, h) + ((out,) if clear_in_gemm1 else ())
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
         steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
-        if not backend.GATHERS_X:
-            zero = out if zero_in_gather else None
-            steps.append(("gather", lambda: kernels.gather_rows(x, routing, gemm1_a, zero)))
-        steps.append(("gemm1", lambda: backend.gemm1_swiglu(gemm1_a, self.w1, self.b1, routing, h)))
+        if gemm1_a is not x:
+            steps.append(("gather", lambda: kernels.gather_rows(x, routing, gemm1_a)))
+        steps.append(("gemm1", lambda: backend.gemm1_swiglu(*gemm1_args)))
         if fused:
-            if not zero_in_gather:
+            if not clear_in_gemm1:
                 memset = cupy.cuda.runtime.memsetAsync
                 steps.append(("zero_out", lambda: memset(out.data.ptr, 0, out.nbytes, stream_ptr())))
             steps.append(("gemm2", lambda: backend.gemm2_scatter(h, self.w2, self.b2, routing, weights, out)))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate, backends, kernels
-from ._arrays import ACTIVATION_DTYPES, FLOAT32, as_device_array, contiguous, optional_device_array
+from ._arrays import (
+    ACTIVATION_DTYPES,
+    FLOAT32,
+    as_device_array,
+    contiguous,
+    optional_device_array,
+    require_aligned,
+)
 from ._device import require_gpu
 from .plan import RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
@@ -86,6 +93,7 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
     else:
         out = as_device_array(out, "out")
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
+        require_aligned(out, "out")
     if routing.max_tiles:
         backends.for_plan(routing).gemm2_store(a, w, bias, routing, out)
     return out

@@ -92,7 +92,7 @@ def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled):
     from moefuse.backends import Sm90
 
     functions = sass_functions(compiled[("sm_90a", "sm90_grouped_gemm")][0])
-    assert len(functions) == len(Sm90.STAGES) * 2 * 4  # tile widths x dtypes x epilogues
+    assert len(functions) == len(Sm90.STAGES) * 2 * 5  # tile widths x dtypes x variants
     for name, sass in functions.items():
         assert "HGMMA.64x" in sass, f"{name} has no warpgroup MMA"
         assert "UTMALDG.2D" in sass, f"{name} has no TMA load"
@@ -115,6 +115,7 @@ def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
         for bn in Sm90.STAGES:
             for name in (
                 f"sm90_gemm1_swiglu_{tag}_n{bn}",
+                f"sm90_gemm1_swiglu_rows_{tag}_n{bn}",
                 f"sm90_gemm2_store_{tag}_n{bn}",
                 f"sm90_gemm2_scatter_{tag}_n{bn}_out_{tag}",
                 f"sm90_gemm2_scatter_{tag}_n{bn}_out_f32",

@@ -272,3 +272,19 @@ def test_decode_shapes_split_k(rng, dtype, num_tokens):
         out = poisoned((num_tokens, 512), DTYPES[dtype])
         layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=fused)
         assert reference.relative_error(out.get(), want) < TOLERANCE[dtype]
+
+
+def test_misaligned_input_is_copied_and_misaligned_output_refused(rng):
+    import cupy
+
+    p = moe_problem(rng, "bf16", 33, HIDDEN, INTER, EXPERTS, top_k=2, bias=False)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    flat = cupy.empty(33 * HIDDEN + 1, dtype=d["x"].dtype)
+    shifted = flat[1:].reshape(33, HIDDEN)  # C-contiguous, 2 bytes off a 16-byte boundary
+    shifted[...] = d["x"]
+    out = layer(shifted, d["topk_weights"], d["topk_ids"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+    with pytest.raises(ValueError, match="out must start at a 16-byte aligned address"):
+        layer(d["x"], d["topk_weights"], d["topk_ids"], out=flat[1:].reshape(33, HIDDEN))

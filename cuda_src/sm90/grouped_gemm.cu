@@ -2,8 +2,11 @@
 // memory ring guarded by mbarriers, wgmma on two consumer warpgroups, one producer warpgroup,
 // a persistent grid walking a static tile schedule over the device-side routing plan.
 //
-// A is row-major [rows, K] in the plan's permuted order (x gathered by `gather_rows`, or h); M tile
-// i covers rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded to BM rows.
+// M tile i covers permuted rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded
+// to BM rows. A is either row-major [rows, K] in that permuted order (h; or x after the gather
+// pass) loaded as BM-row boxes, or x [T, K] itself, each tile's rows gathered with one-row boxes at
+// row permuted_to_expanded[p] / top_k (padding rows skipped; cheaper when tiles are mostly
+// padding, far slower when they are full).
 // B is w viewed as [E * w_rows, K]. Epilogues (rows whose permuted_to_expanded is -1 are padding
 // and never written):
 //   SwiGLU:     h[p, j]      = silu(acc_gate + b1[e, j]) * (acc_up + b1[e, I + j])
@@ -96,12 +99,16 @@ DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
   *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
 }
 
-template <typename Elem, int BN, int STAGES, Epilogue EPI, typename OutT>
+template <typename Elem, int BN, int STAGES, Epilogue EPI, bool GATHER_A, typename OutT>
 DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* __restrict__ bias,
                       const int* __restrict__ tile_expert, const int* __restrict__ expert_offsets,
                       int num_local_experts, const int* __restrict__ permuted_to_expanded,
                       const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
-                      int top_k, int k_splits) {
+                      int top_k, int k_splits, Vec16* __restrict__ zero, i64 zero_vectors) {
+  // GATHER_A: A is x [T, K], its rows gathered by one-row TMA boxes at the tiles' tokens (padding
+  // rows skipped: the decode choice). Otherwise A is already in permuted order ([rows, K]: h, or
+  // x gathered by a separate pass) and loads as BM-row boxes.
+  static_assert(!GATHER_A || EPI == Epilogue::SwiGLU, "only GEMM1 reads token rows");
   using L = Layout<BN, STAGES>;
   using E = Epi<BN, EPI, OutT>;
   constexpr int ACC = BN / 2;
@@ -131,28 +138,63 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
   const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
 
   if (warpgroup == 0) {
-    // ---- producer: one thread issues every TMA load -------------------------------------------
     regs_dealloc<PRODUCER_REGS>();
-    if (threadIdx.x / 32 != 0 || !elect_one()) return;
-    tma_prefetch_desc(a_desc);
-    tma_prefetch_desc(b_desc);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp != 0) {
+      // ---- warps 1-3: clear `zero` (GEMM1 of the fused path clears GEMM2's output) ---------
+      const Vec16 zeros = {{0u, 0u, 0u, 0u}};
+      for (i64 v = (i64)blockIdx.x * 96 + threadIdx.x - 32; v < zero_vectors;
+           v += (i64)gridDim.x * 96) {
+        zero[v] = zeros;
+      }
+      return;
+    }
+    // ---- warp 0: the producer. Lane 0 waits for a free stage and loads B (and a box of A rows);
+    // in GEMM1 every lane loads A row by row from x, gathering the tile's tokens (4 rows a lane).
+    if (lane == 0) {
+      tma_prefetch_desc(a_desc);
+      tma_prefetch_desc(b_desc);
+    }
     RingState<STAGES> ring;
     for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
       const Unit unit = sched.unit(u);
       const int b_row =
           tile_expert[unit.m] * w_rows + unit.n * (EPI == Epilogue::SwiGLU ? BN / 2 : BN);
+      int token[GATHER_A ? BM / 32 : 1];
+      u32 a_bytes = L::A_STAGE_BYTES;
+      if (GATHER_A) {
+        int rows = 0;
+#pragma unroll
+        for (int j = 0; j < BM / 32; ++j) {
+          const int expanded = permuted_to_expanded[unit.m * BM + lane + 32 * j];
+          token[j] = expanded >= 0 ? expanded / top_k : -1;
+          rows += __popc(__ballot_sync(0xffffffffu, expanded >= 0));
+        }
+        a_bytes = rows * BK * ELEM_BYTES;  // padding rows are not loaded (their results unused)
+      }
       for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
-        mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
         u64* bar = &inputs_ready[ring.stage];
         unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
         unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
-        mbar_arrive_expect_tx(bar, L::STAGE_BYTES);
-        tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
-        if (EPI == Epilogue::SwiGLU) {
-          tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
-          tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
-        } else {
-          tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+        if (lane == 0) {
+          mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
+          mbar_arrive_expect_tx(bar, a_bytes + L::B_STAGE_BYTES);
+          if (EPI == Epilogue::SwiGLU) {
+            tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+            tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
+          } else {
+            tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+          }
+          if (!GATHER_A) tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
+        }
+        if (GATHER_A) {
+          __syncwarp();  // the stage is free (lane 0 waited)
+#pragma unroll
+          for (int j = 0; j < BM / 32; ++j) {
+            const int r = lane + 32 * j;
+            if (token[j] >= 0)
+              tma_load_2d(a_tile + r * BK * ELEM_BYTES, a_desc, bar, kb * BK, token[j]);
+          }
         }
       }
     }
@@ -257,24 +299,25 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
 // Entry points: one per (dtype, BN, variant). Launch: a persistent grid of at most one CTA per
 // SM, THREADS threads, Layout<BN, STAGES>::BYTES of dynamic shared memory; the host side
 // (moefuse/kernels.py) mirrors the names and geometry.
-#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT)                                  \
+#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, GATHER_A, OUT)                        \
   extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                              \
       NAME(const __grid_constant__ TmaDesc a_desc, const __grid_constant__ TmaDesc b_desc,    \
            const ELEM* bias, const int* tile_expert, const int* expert_offsets,               \
            int num_local_experts, const int* permuted_to_expanded, const float* topk_weights, \
-           OUT* out, int K, int N, int top_k, int k_splits) {                                 \
-    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                           \
+           OUT* out, int K, int N, int top_k, int k_splits, Vec16* zero, i64 zero_vectors) {  \
+    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, GATHER_A, OUT>(                 \
         &a_desc, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,               \
-        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits);                      \
+        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits, zero, zero_vectors);  \
   }
 
 #define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BN, STAGES)                                              \
-  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, ELEM)            \
-  MOEFUSE_SM90_ENTRY(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, ELEM)              \
+  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, false, ELEM)     \
+  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_rows_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, true, ELEM) \
+  MOEFUSE_SM90_ENTRY(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, false, ELEM)       \
   MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_##TAG, ELEM, BN, STAGES, ScatterAdd, \
-                     ELEM)                                                                       \
+                     false, ELEM)                                                                \
   MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_f32, ELEM, BN, STAGES, ScatterAdd,   \
-                     float)
+                     false, float)
 
 MOEFUSE_SM90_ENTRIES(bf16, Bf16, 64, 8)
 MOEFUSE_SM90_ENTRIES(bf16, Bf16, 128, 6)

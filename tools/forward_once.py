@@ -1,0 +1,40 @@
+"""Run a few forwards of one shape (for profilers: ncu --kernel-name ... python3 tools/forward_once.py).
+
+python tools/forward_once.py --shape H,I,E,k --tokens T [--iters 2] [--unfused]
+"""
+
+import argparse
+
+import cupy as cp
+import ml_dtypes
+import numpy as np
+
+import moefuse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--unfused", action="store_true")
+    args = parser.parse_args()
+    hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
+    rng = np.random.default_rng(0)
+
+    def randn(*shape, scale=1.0):
+        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(ml_dtypes.bfloat16)
+
+    w1 = randn(experts, 2 * inter, hidden, scale=hidden**-0.5)
+    w2 = randn(experts, hidden, inter, scale=inter**-0.5)
+    layer = moefuse.MoELayer(w1, w2)
+    x = randn(args.tokens, hidden)
+    ids = cp.asarray(np.argsort(rng.random((args.tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
+    weights = cp.full((args.tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    for _ in range(args.iters):
+        layer(x, weights, ids, fused_finalize=not args.unfused)
+    cp.cuda.Device().synchronize()
+
+
+if __name__ == "__main__":
+    main()
