@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import _nvrtc, _sources
@@ -71,6 +72,13 @@ def compile_module(
     return path, result
 
 
+def compile_missing(arch: str) -> None:
+    """Compile, in parallel, every module for `arch` that the disk cache lacks (a cold start
+    then costs about the slowest module instead of the sum; NVRTC runs outside the GIL)."""
+    with ThreadPoolExecutor(max_workers=len(_sources.MODULES)) as pool:
+        list(pool.map(lambda module: compile_module(module, arch), _sources.modules_for(arch)))
+
+
 _loaded: dict[tuple[int, str], object] = {}
 _lock = threading.Lock()
 
@@ -82,6 +90,8 @@ def load_module(module: str, device_id: int, arch: str):
     with _lock:
         key = (device_id, module)
         if key not in _loaded:
+            if not cubin_path(module, arch, _sources.source_root(), cache_dir()).is_file():
+                compile_missing(arch)
             path, _ = compile_module(module, arch)
             with cupy.cuda.Device(device_id):
                 _loaded[key] = cupy.RawModule(path=str(path))

@@ -181,3 +181,10 @@ def test_precompile_command(tmp_path, ptxas_report):
     )
     assert "gemm1_swiglu_bf16_m128" in proc.stdout and "0 spill registers" in proc.stdout
     assert len(list(tmp_path.glob("*.cubin"))) == len(_sources.modules_for("sm_90a"))
+
+
+def test_a_cold_cache_compiles_every_module_of_the_arch_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path))
+    _cache.compile_missing("sm_80")
+    names = sorted(p.name.split("-sm_80-")[0] for p in tmp_path.glob("*.cubin"))
+    assert names == sorted(_sources.modules_for("sm_80"))
