@@ -16,34 +16,23 @@ def choose_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
     return SMALL_TILE_M if rows_per_expert < LARGE_TILE_M else LARGE_TILE_M
 
 
-def wave_efficiency(units: int, num_sms: int) -> float:
-    """Fraction of SM time busy when `units` equal units run on `num_sms` SMs in waves."""
-    return units / (-(-units // num_sms) * num_sms)
-
-
 def choose_sm90_tiles(
     max_tiles: int, n: int, depth: int, num_sms: int, swiglu: bool, can_split: bool
 ) -> tuple[int, int]:
     """(BN, k_splits) for a Hopper grouped GEMM with up to `max_tiles` M tiles and `n` output
     columns (SwiGLU: a BN-wide B tile makes BN/2 outputs).
 
-    The widest tile (256, 128, 64) whose units fill the SMs' waves to at least 90% (wider tiles
-    reuse each loaded A tile more; a short last wave idles SMs, which is what costs when the
-    batch is small and the GEMM is bound by reading weights), else the best-balanced one. When
-    even BN = 64 leaves SMs idle (decode), a GEMM whose epilogue reduces with atomics splits K so
-    that the units come to about one per SM (each split keeps at least four 64-deep K blocks)."""
-    units = {bn: max_tiles * -(-n // (bn // 2 if swiglu else bn)) for bn in SM90_TILE_N}
-    filling = [bn for bn in SM90_TILE_N if units[bn] >= num_sms]
-    for bn in filling:
-        if wave_efficiency(units[bn], num_sms) >= 0.9:
+    The widest tile (256, 128, 64) that still gives every SM a unit of work. When even BN = 64
+    leaves SMs idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the
+    units come to about one per SM (each split keeps at least four 64-deep K blocks)."""
+    for bn in SM90_TILE_N:
+        units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
+        if units >= num_sms:
             return bn, 1
-    if filling:
-        return max(filling, key=lambda bn: wave_efficiency(units[bn], num_sms)), 1
-    bn = SM90_TILE_N[-1]
     if not can_split:
         return bn, 1
     k_blocks = -(-depth // 64)
-    return bn, max(1, min(round(num_sms / units[bn]), k_blocks // 4))
+    return bn, max(1, min(round(num_sms / units), k_blocks // 4))
 
 
 SM90_TILE_N = (256, 128, 64)

@@ -1,0 +1,48 @@
+"""Tile and load-strategy choices (host logic, no GPU)."""
+
+import pytest
+
+from moefuse import heuristics
+from moefuse.plan import plan_capacity
+
+SMS = 132
+
+
+def tiles(num_tokens, top_k, experts):
+    return plan_capacity(num_tokens, top_k, experts, 128).tiles
+
+
+@pytest.mark.parametrize("num_tokens", [1024, 4096, 16384])
+def test_large_batches_take_the_widest_tile(num_tokens):
+    m = tiles(num_tokens, 2, 8)
+    assert heuristics.choose_sm90_tiles(m, 14336, 4096, SMS, swiglu=True, can_split=False) == (256, 1)
+    assert heuristics.choose_sm90_tiles(m, 4096, 14336, SMS, swiglu=False, can_split=True) == (256, 1)
+
+
+def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atomics_sum():
+    # Mixtral T=1: 2 tiles x 112 units of 128 outputs fill the SMs: the widest tile stays (64-wide
+    # tiles, better balanced over the waves, measured 50% slower: docs/PERF.md).
+    assert heuristics.choose_sm90_tiles(2, 14336, 4096, SMS, swiglu=True, can_split=False) == (256, 1)
+    # DeepSeek-V3 T=1: 8 tiles x 16 = 128 units of 256 < 132 SMs: the next width down.
+    assert heuristics.choose_sm90_tiles(8, 2048, 7168, SMS, swiglu=True, can_split=False) == (128, 1)
+    # Qwen3-like GEMM2 with too few units even at BN=64: split K when the epilogue reduces...
+    bn, splits = heuristics.choose_sm90_tiles(1, 1024, 8192, SMS, swiglu=False, can_split=True)
+    assert bn == 64 and splits == round(SMS / 16)
+    # ... and never for the plain-store epilogue, nor below four 64-deep K blocks per split.
+    assert heuristics.choose_sm90_tiles(1, 1024, 8192, SMS, swiglu=False, can_split=False) == (64, 1)
+    assert heuristics.choose_sm90_tiles(1, 1024, 512, SMS, swiglu=False, can_split=True) == (64, 2)
+
+
+def test_chosen_units_always_cover_the_sms_or_the_problem():
+    for m in (1, 2, 7, 64, 300):
+        for n in (256, 768, 2048, 7168, 14336):
+            bn, splits = heuristics.choose_sm90_tiles(m, n, 2048, SMS, swiglu=False, can_split=True)
+            assert bn in heuristics.SM90_TILE_N and splits >= 1
+            assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // 64))
+
+
+def test_row_gather_only_for_few_rows_per_expert():
+    assert heuristics.gemm1_gathers_rows(128, 8, 256)  # DeepSeek-V3 T=128: 4 rows per expert
+    assert heuristics.gemm1_gathers_rows(1, 2, 8)
+    assert not heuristics.gemm1_gathers_rows(128, 2, 8)  # Mixtral T=128: 32 rows per expert
+    assert not heuristics.gemm1_gathers_rows(4096, 8, 256)
