@@ -161,13 +161,13 @@ def gpu_info(moefuse: Any) -> dict[str, Any]:
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = None
     with contextlib.suppress(Exception):
-        name = moefuse.gpu_name()
+        import pynvml
+
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByPciBusId(dev.pci_bus_id))
     if not name:
         with contextlib.suppress(Exception):
-            import pynvml
-
-            pynvml.nvmlInit()
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByPciBusId(dev.pci_bus_id))
+            name = moefuse.gpu_name()
     name = name or props["name"]
     return {
         "name": name.decode() if isinstance(name, bytes) else str(name),

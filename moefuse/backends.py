@@ -94,7 +94,7 @@ class Sm90:
     BM = 128
     BK = 64
     STAGES: ClassVar[dict[int, int]] = {64: 8, 128: 6, 256: 4}  # per BN, as in the kernel entries
-    STAGING_BYTES = 2 * 64 * (256 + 16)
+    STAGING_BYTES = 2 * 64 * (128 + 16)  # Layout::STAGING_*: two warpgroups' 64 padded rows
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return self.BM

@@ -29,7 +29,7 @@ class MoELayer:
     (default: `first_expert + E_local`); pairs routed elsewhere, or to ids < 0, contribute nothing.
 
     Non-contiguous weights are copied once here. The workspace grows to the largest batch seen
-    (or `reserve(max_tokens)` up front); after that a call allocates nothing when given `out=`.
+    (or `reserve(max_tokens, top_k)` up front); then a call allocates nothing when given `out=`.
     """
 
     def __init__(
