@@ -5,14 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def to_host(array) -> np.ndarray:
-    """A host numpy copy of a CuPy (or any DLPack/CAI) array; numpy arrays pass through."""
-    if isinstance(array, np.ndarray):
-        return array
-    get = getattr(array, "get", None)
-    return get() if get is not None else np.asarray(array)
-
-
 def relative_error(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64; inf when `out` holds a NaN or inf."""
     out64, ref64 = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
