@@ -288,3 +288,16 @@ def test_misaligned_input_is_copied_and_misaligned_output_refused(rng):
     assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
     with pytest.raises(ValueError, match="out must start at a 16-byte aligned address"):
         layer(d["x"], d["topk_weights"], d["topk_ids"], out=flat[1:].reshape(33, HIDDEN))
+
+
+@pytest.mark.parametrize("hidden, inter, experts, top_k", [(8, 8, 1, 1), (16, 24, 3, 2), (72, 40, 5, 5)])
+@pytest.mark.parametrize("num_tokens", [1, 5, 300])
+def test_tiny_shapes(rng, hidden, inter, experts, top_k, num_tokens):
+    """Matrices smaller than one tile in every dimension."""
+    p = moe_problem(rng, "bf16", num_tokens, hidden, inter, experts, top_k=top_k, bias=True)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    for fused in (True, False):
+        out = layer(d["x"], d["topk_weights"], d["topk_ids"], fused_finalize=fused)
+        assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
