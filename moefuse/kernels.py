@@ -17,17 +17,14 @@ TOPK_WARPS = 8
 GATHER_THREADS = 128
 FINALIZE_THREADS = 128
 
-_DTYPE_TAG = {np.dtype(np.float16): "f16"}
 NULL = np.uint64(0)
 
 
 def dtype_tag(dtype) -> str:
     """The kernel-name tag of an element type: bf16, f16 (or f32 for outputs)."""
-    from ._arrays import BFLOAT16
+    from ._arrays import BFLOAT16, FLOAT16, FLOAT32
 
-    if np.dtype(dtype) == np.float32:
-        return "f32"
-    return "bf16" if np.dtype(dtype) == BFLOAT16 else _DTYPE_TAG[np.dtype(dtype)]
+    return {BFLOAT16: "bf16", FLOAT16: "f16", FLOAT32: "f32"}[np.dtype(dtype)]
 
 
 def function(module: str, name: str):

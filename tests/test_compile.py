@@ -188,3 +188,12 @@ def test_a_cold_cache_compiles_every_module_of_the_arch_at_once(tmp_path, monkey
     _cache.compile_missing("sm_80")
     names = sorted(p.name.split("-sm_80-")[0] for p in tmp_path.glob("*.cubin"))
     assert names == sorted(_sources.modules_for("sm_80"))
+
+
+def test_kernel_name_dtype_tags():
+    import ml_dtypes
+    import numpy as np
+
+    from moefuse.kernels import dtype_tag
+
+    assert [dtype_tag(t) for t in (ml_dtypes.bfloat16, np.float16, np.float32)] == ["bf16", "f16", "f32"]
