@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import _device, _tma, heuristics
-from .kernels import cdiv, dtype_tag, function, i32, pointer
+from .kernels import cdiv, dtype_tag, function, i32, launch, pointer
 
 BACKEND_ENV = "MOEFUSE_BACKEND"
 
@@ -26,16 +26,15 @@ class Sm80:
     name = "sm80"
     CLEARS_OUT_IN_GEMM1 = False  # the fused path's output needs a memset
     TILE_M = (64, 128)
-
-    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
-        """Whether GEMM1 reads x through the gather pass (x_perm): never, it gathers itself."""
-        return False
-
     THREADS = 256
     BN = 128
     BK = 32
     STAGES = 4
     SMEM_ROW = BK + 8
+
+    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
+        """Whether GEMM1 reads x through the gather pass (x_perm): never, it gathers itself."""
+        return False
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_tile_m(num_tokens, top_k, num_local_experts)
@@ -45,10 +44,7 @@ class Sm80:
 
     def _launch(self, name: str, plan, n_tiles: int, args: tuple) -> None:
         fn = function("sm80_grouped_gemm", name)
-        smem = self.smem_bytes(plan.tile_m)
-        if fn.max_dynamic_shared_size_bytes < smem:
-            fn.max_dynamic_shared_size_bytes = smem
-        fn((plan.max_tiles, n_tiles), (self.THREADS,), args, shared_mem=smem)
+        launch(fn, (plan.max_tiles, n_tiles), (self.THREADS,), args, self.smem_bytes(plan.tile_m))
 
     def _args(self, a, w, bias, plan, topk_weights, out, depth: int, n: int) -> tuple:
         return (
@@ -128,9 +124,6 @@ class Sm90:
         """A loads as `a_box_rows`-row boxes (1: gathering x's rows); GEMM1 (swiglu) loads, per
         tile, BN/2 gate and BN/2 up rows of w (two boxes) for BN/2 outputs."""
         fn = function("sm90_grouped_gemm", name)
-        smem = self.smem_bytes(bn)
-        if fn.max_dynamic_shared_size_bytes < smem:
-            fn.max_dynamic_shared_size_bytes = smem
         out_cols = bn // 2 if swiglu else bn
         units = plan.max_tiles * cdiv(n, out_cols) * k_splits
         grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
@@ -151,7 +144,7 @@ class Sm90:
             pointer(zero),
             np.int64(0 if zero is None else zero.nbytes // 16),
         )
-        fn((grid,), (self.THREADS,), args, shared_mem=smem)
+        launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(bn))
 
     def _tiles(self, plan, n: int, depth: int, swiglu: bool, can_split: bool) -> tuple[int, int]:
         sms = _device.multiprocessor_count(_device.require_gpu())

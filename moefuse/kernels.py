@@ -32,6 +32,13 @@ def function(module: str, name: str):
     return _cache.load_module(module, device_id, _device.device_arch(device_id)).get_function(name)
 
 
+def launch(fn, grid: tuple, block: tuple, args: tuple, smem: int) -> None:
+    """Launch `fn` with `smem` bytes of dynamic shared memory, raising its limit first if needed."""
+    if fn.max_dynamic_shared_size_bytes < smem:
+        fn.max_dynamic_shared_size_bytes = smem
+    fn(grid, block, args, shared_mem=smem)
+
+
 def i32(v: int) -> np.int32:
     return np.int32(v)
 

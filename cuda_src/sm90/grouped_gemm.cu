@@ -38,7 +38,6 @@ template <int BN, int STAGES>
 struct Layout {
   static constexpr int A_STAGE_BYTES = BM * BK * ELEM_BYTES;
   static constexpr int B_STAGE_BYTES = BN * BK * ELEM_BYTES;
-  static constexpr int STAGE_BYTES = A_STAGE_BYTES + B_STAGE_BYTES;
   static constexpr int A_OFFSET = 0;
   static constexpr int B_OFFSET = STAGES * A_STAGE_BYTES;
   static constexpr int STAGING_OFFSET = B_OFFSET + STAGES * B_STAGE_BYTES;
