@@ -1,24 +1,8 @@
-// Moving rows between token order and the plan's permuted (expert-grouped) order.
-//
-//   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed permuted row p (feeds
-//                GEMMs that load A as boxes of consecutive rows; padding rows are left untouched).
-//   finalize:    out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]], summed in
-//                fp32 in slot order (j = 0..k-1), so the result is bitwise reproducible.
+// The deterministic path's finalize, from the plan's permuted (expert-grouped) rows back to tokens:
+//   out[t] = sum_j topk_weights[t, j] * y[expanded_to_permuted[t*k + j]], summed in fp32 in slot
+//   order (j = 0..k-1), so the result is bitwise reproducible.
 // Rows move as 16-byte vectors (H % 8 == 0 for 16-bit elements).
 #include "common/ptx.cuh"
-
-constexpr int GATHER_THREADS = 128;
-
-// One block per permuted row; the element type does not matter, only the row's 16-byte vectors.
-extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
-    gather_rows(const Vec16* __restrict__ x, const int* __restrict__ permuted_to_expanded,
-                int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
-  const int expanded = permuted_to_expanded[blockIdx.x];
-  if (expanded < 0) return;
-  const Vec16* src = x + (i64)(expanded / top_k) * row_vectors;
-  Vec16* dst = x_perm + (i64)blockIdx.x * row_vectors;
-  for (int v = threadIdx.x; v < row_vectors; v += GATHER_THREADS) dst[v] = src[v];
-}
 
 constexpr int FINALIZE_THREADS = 128;
 

@@ -32,10 +32,6 @@ class Sm80:
     STAGES = 4
     SMEM_ROW = BK + 8
 
-    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
-        """Whether GEMM1 reads x through the gather pass (x_perm): never, it gathers itself."""
-        return False
-
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_tile_m(num_tokens, top_k, num_local_experts)
 
@@ -80,8 +76,8 @@ class Sm80:
 
 
 class Sm90:
-    """cuda_src/sm90/grouped_gemm.cu: a persistent grid of at most one 384-thread CTA per SM; A
-    and B arrive by TMA (GEMM1 gathers x's rows with one-row boxes)."""
+    """cuda_src/sm90/grouped_gemm.cu: a persistent grid of at most one 384-thread CTA per SM; B
+    (and GEMM2's A) arrive by TMA, GEMM1 gathers x's rows with cp.async."""
 
     name = "sm90"
     CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
@@ -95,11 +91,6 @@ class Sm90:
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return self.BM
 
-    def gather_pass(self, num_tokens: int, top_k: int, num_local_experts: int) -> bool:
-        """Whether GEMM1 reads x through the gather pass (x_perm, loaded as row boxes) rather than
-        gathering one row per TMA box itself (see heuristics.gemm1_gathers_rows)."""
-        return not heuristics.gemm1_gathers_rows(num_tokens, top_k, num_local_experts)
-
     def smem_bytes(self, bn: int) -> int:
         stages = self.STAGES[bn]
         return stages * (self.BM + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8
@@ -110,8 +101,7 @@ class Sm90:
         bn: int,
         k_splits: int,
         swiglu: bool,
-        a_box_rows: int,
-        a,
+        a_arg,
         w,
         bias,
         plan,
@@ -121,14 +111,14 @@ class Sm90:
         n: int,
         zero=None,
     ) -> None:
-        """A loads as `a_box_rows`-row boxes (1: gathering x's rows); GEMM1 (swiglu) loads, per
-        tile, BN/2 gate and BN/2 up rows of w (two boxes) for BN/2 outputs."""
+        """`a_arg`: x itself (GEMM1 gathers its rows) or A's TMA descriptor (GEMM2). GEMM1
+        (swiglu) loads, per tile, BN/2 gate and BN/2 up rows of w (two boxes) for BN/2 outputs."""
         fn = function("sm90_grouped_gemm", name)
         out_cols = bn // 2 if swiglu else bn
         units = plan.max_tiles * cdiv(n, out_cols) * k_splits
         grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
         args = (
-            _tma.tile_desc(a, a_box_rows),
+            a_arg,
             _tma.tile_desc(w, out_cols),
             pointer(bias),
             plan.tile_expert,
@@ -146,30 +136,32 @@ class Sm90:
         )
         launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(bn))
 
+    def _a_desc(self, a) -> object:
+        return _tma.tile_desc(a, self.BM)
+
     def _tiles(self, plan, n: int, depth: int, swiglu: bool, can_split: bool) -> tuple[int, int]:
         sms = _device.multiprocessor_count(_device.require_gpu())
         return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split)
 
-    def gemm1_swiglu(self, a, w1, b1, plan, h, zero=None) -> None:
-        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), `a` being x [T, H] (rows gathered in the
-        kernel) or x_perm [capacity, H] (after the gather pass); also zeroes `zero` if given."""
+    def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None) -> None:
+        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), the kernel gathering x's rows; also
+        zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
-        rows = not self.gather_pass(plan.num_tokens, plan.top_k, plan.num_local_experts)
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, can_split=False)
-        name = f"sm90_gemm1_swiglu{'_rows' if rows else ''}_{dtype_tag(a.dtype)}_n{bn}"
-        self._launch(name, bn, 1, True, 1 if rows else self.BM, a, w1, b1, plan, None, h, hidden, inter, zero)
+        name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_n{bn}"
+        self._launch(name, bn, 1, True, x, w1, b1, plan, None, h, hidden, inter, zero)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, _ = self._tiles(plan, n, depth, swiglu=False, can_split=False)
         name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_n{bn}"
-        self._launch(name, bn, 1, False, self.BM, a, w2, b2, plan, None, y, depth, n)
+        self._launch(name, bn, 1, False, self._a_desc(a), w2, b2, plan, None, y, depth, n)
 
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, can_split=True)
         name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_n{bn}_out_{dtype_tag(out.dtype)}"
-        self._launch(name, bn, k_splits, False, self.BM, a, w2, b2, plan, topk_weights, out, depth, n)
+        self._launch(name, bn, k_splits, False, self._a_desc(a), w2, b2, plan, topk_weights, out, depth, n)
 
 
 _BACKENDS = {"sm80": Sm80(), "sm90": Sm90()}

@@ -36,15 +36,3 @@ def choose_sm90_tiles(
 
 
 SM90_TILE_N = (256, 128, 64)
-
-
-# Hopper GEMM1 reads x either through a gather pass (x_perm, then BM-row TMA boxes) or by one-row
-# TMA boxes straight from x, skipping padding rows. Measured on an H200 (docs/PERF.md): row boxes
-# win while experts average a handful of rows (DeepSeek-V3 T=128: 3.57 vs 4.21 ms; Qwen3 T=128,
-# 8 rows: 0.275 vs 0.296 ms) and lose badly once tiles fill (Mixtral T=128, 32 rows: 0.775 vs
-# 0.545 ms; 4-5x slower on full tiles).
-ROW_GATHER_MAX_ROWS_PER_EXPERT = 16
-
-
-def gemm1_gathers_rows(num_tokens: int, top_k: int, num_local_experts: int) -> bool:
-    return num_tokens * top_k <= ROW_GATHER_MAX_ROWS_PER_EXPERT * num_local_experts

@@ -105,16 +105,6 @@ def build_plan(topk_ids, plan, rank, chunk_count) -> None:
     )
 
 
-def gather_rows(x, plan, x_perm) -> None:
-    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
-    row_vectors = x.shape[1] * x.dtype.itemsize // 16
-    function("permute", "gather_rows")(
-        (plan.capacity,),
-        (GATHER_THREADS,),
-        (x, plan.permuted_to_expanded, i32(plan.top_k), i32(row_vectors), x_perm),
-    )
-
-
 def finalize(y, plan, topk_weights, out) -> None:
     """out[t] = sum_j w[t, j] * y[permuted(t, j)], in slot order, fp32 accumulation."""
     num_tokens, hidden = out.shape

@@ -62,8 +62,6 @@ class MoELayer:
         specs = plan_specs(num_tokens, top_k, num_local, tile_m)
         rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
-        if backend.gather_pass(num_tokens, top_k, num_local):
-            specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
         if not fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
@@ -131,14 +129,11 @@ class MoELayer:
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where it can,
         # a memset where not.
         clear_in_gemm1 = fused and backend.CLEARS_OUT_IN_GEMM1
-        gemm1_a = arrays.get("x_perm", x)  # x_perm: GEMM1 reads x through the gather pass
-        gemm1_args = (gemm1_a, self.w1, self.b1, routing, h) + ((out,) if clear_in_gemm1 else ())
+        gemm1_args = (x, self.w1, self.b1, routing, h) + ((out,) if clear_in_gemm1 else ())
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
         steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
-        if gemm1_a is not x:
-            steps.append(("gather", lambda: kernels.gather_rows(x, routing, gemm1_a)))
         steps.append(("gemm1", lambda: backend.gemm1_swiglu(*gemm1_args)))
         if fused:
             if not clear_in_gemm1:

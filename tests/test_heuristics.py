@@ -39,10 +39,3 @@ def test_chosen_units_always_cover_the_sms_or_the_problem():
             bn, splits = heuristics.choose_sm90_tiles(m, n, 2048, SMS, swiglu=False, can_split=True)
             assert bn in heuristics.SM90_TILE_N and splits >= 1
             assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // 64))
-
-
-def test_row_gather_only_for_few_rows_per_expert():
-    assert heuristics.gemm1_gathers_rows(128, 8, 256)  # DeepSeek-V3 T=128: 4 rows per expert
-    assert heuristics.gemm1_gathers_rows(1, 2, 8)
-    assert not heuristics.gemm1_gathers_rows(128, 2, 8)  # Mixtral T=128: 32 rows per expert
-    assert not heuristics.gemm1_gathers_rows(4096, 8, 256)

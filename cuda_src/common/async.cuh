@@ -29,6 +29,12 @@ DEV bool mbar_try_wait(u64* bar, u32 parity) {
       : "memory");
   return done != 0;
 }
+// One arrival on `bar` once every cp.async this thread issued so far has landed (counted in the
+// barrier's init count: no pending-count increment).
+DEV void cp_async_mbar_arrive_noinc(u64* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar))
+               : "memory");
+}
 // Wait until the phase with parity `parity` has completed.
 DEV void mbar_wait(u64* bar, u32 parity) {
   while (!mbar_try_wait(bar, parity)) {

@@ -3,12 +3,11 @@
 // a persistent grid walking a static tile schedule over the device-side routing plan.
 //
 // M tile i covers permuted rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded
-// to BM rows. A is either row-major [rows, K] in that permuted order (h; or x after the gather
-// pass) loaded as BM-row boxes, or x [T, K] itself, each tile's rows gathered with one-row boxes at
-// row permuted_to_expanded[p] / top_k (padding rows skipped; cheaper when tiles are mostly
-// padding, far slower when they are full).
-// B is w viewed as [E * w_rows, K]. Epilogues (rows whose permuted_to_expanded is -1 are padding
-// and never written):
+// to BM rows. GEMM1's A is x [T, K] itself: the producer warpgroup gathers each tile's rows (row
+// permuted_to_expanded[p] / top_k; padding rows skipped) with 16-byte cp.async into the swizzled
+// stage. GEMM2's A is h [rows, K], already in permuted order, loaded by TMA as BM-row boxes.
+// B is w viewed as [E * w_rows, K], loaded by TMA.
+// Epilogues (rows whose permuted_to_expanded is -1 are padding and never written):
 //   SwiGLU:     h[p, j]      = silu(acc_gate + b1[e, j]) * (acc_up + b1[e, I + j])
 //               (a tile's B holds BN/2 gate rows, then the BN/2 matching up rows)
 //   Store:      y[p, n]      = acc + b2[e, n]
@@ -27,9 +26,10 @@ constexpr int THREADS = 384;
 constexpr int PRODUCER_REGS = 40;
 constexpr int CONSUMER_REGS = 232;
 constexpr int CONSUMER_WARPS = 8;
-constexpr int GROUP_N = 8;               // n tiles walked together (L2 reuse of A and B)
-constexpr int STAGING_ROW_BYTES = 128;   // epilogue pass: 128 bytes of each of 64 rows
-constexpr int STAGING_PITCH = 128 + 16;  // padded: fragment writes hit distinct banks
+constexpr int GROUP_N = 8;                       // n tiles walked together (L2 reuse of A and B)
+constexpr int GATHER_ROWS_PER_THREAD = BM / 32;  // 4 threads copy each 128-byte row of a stage
+constexpr int STAGING_ROW_BYTES = 128;           // epilogue pass: 128 bytes of each of 64 rows
+constexpr int STAGING_PITCH = 128 + 16;          // padded: fragment writes hit distinct banks
 constexpr int ELEM_BYTES = 2;
 
 enum class Epilogue { SwiGLU, Store, ScatterAdd };
@@ -98,16 +98,14 @@ DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
   *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
 }
 
-template <typename Elem, int BN, int STAGES, Epilogue EPI, bool GATHER_A, typename OutT>
-DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* __restrict__ bias,
-                      const int* __restrict__ tile_expert, const int* __restrict__ expert_offsets,
-                      int num_local_experts, const int* __restrict__ permuted_to_expanded,
+template <typename Elem, int BN, int STAGES, Epilogue EPI, typename OutT>
+DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const TmaDesc* b_desc,
+                      const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
+                      const int* __restrict__ expert_offsets, int num_local_experts,
+                      const int* __restrict__ permuted_to_expanded,
                       const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
                       int top_k, int k_splits, Vec16* __restrict__ zero, i64 zero_vectors) {
-  // GATHER_A: A is x [T, K], its rows gathered by one-row TMA boxes at the tiles' tokens (padding
-  // rows skipped: the decode choice). Otherwise A is already in permuted order ([rows, K]: h, or
-  // x gathered by a separate pass) and loads as BM-row boxes.
-  static_assert(!GATHER_A || EPI == Epilogue::SwiGLU, "only GEMM1 reads token rows");
+  constexpr bool GATHER_A = EPI == Epilogue::SwiGLU;  // A: x's rows (else a_desc's boxes)
   using L = Layout<BN, STAGES>;
   using E = Epi<BN, EPI, OutT>;
   constexpr int ACC = BN / 2;
@@ -121,7 +119,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(&inputs_ready[s], 1);
+      mbar_init(&inputs_ready[s], GATHER_A ? 1 + 128 : 1);  // + each gathering producer thread
       mbar_init(&stage_free[s], CONSUMER_WARPS);
     }
     mbar_init_fence();
@@ -138,65 +136,69 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
 
   if (warpgroup == 0) {
     regs_dealloc<PRODUCER_REGS>();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp != 0) {
-      // ---- warps 1-3: clear `zero` (GEMM1 of the fused path clears GEMM2's output) ---------
-      const Vec16 zeros = {{0u, 0u, 0u, 0u}};
-      for (i64 v = (i64)blockIdx.x * 96 + threadIdx.x - 32; v < zero_vectors;
-           v += (i64)gridDim.x * 96) {
-        zero[v] = zeros;
+    // ---- the producer: thread 0 waits for a free stage, loads B (GEMM2: and A's BM-row box) by
+    // TMA; in GEMM1 the whole warpgroup waits too, then copies the tile's x rows: thread t moves
+    // 16-byte chunks t % 4 and t % 4 + 4 of rows t / 4 + 32 i, skipping padding rows (their
+    // results are unused). A warp's copy instruction reads 64 contiguous bytes of 8 rows.
+    if (GATHER_A || threadIdx.x == 0) {
+      if (threadIdx.x == 0) {
+        if (!GATHER_A) tma_prefetch_desc(a_desc);
+        tma_prefetch_desc(b_desc);
       }
-      return;
-    }
-    // ---- warp 0: the producer. Lane 0 waits for a free stage and loads B (and a box of A rows);
-    // in GEMM1 every lane loads A row by row from x, gathering the tile's tokens (4 rows a lane).
-    if (lane == 0) {
-      tma_prefetch_desc(a_desc);
-      tma_prefetch_desc(b_desc);
-    }
-    RingState<STAGES> ring;
-    for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
-      const Unit unit = sched.unit(u);
-      const int b_row =
-          tile_expert[unit.m] * w_rows + unit.n * (EPI == Epilogue::SwiGLU ? BN / 2 : BN);
-      int token[GATHER_A ? BM / 32 : 1];
-      u32 a_bytes = L::A_STAGE_BYTES;
-      if (GATHER_A) {
-        int rows = 0;
-#pragma unroll
-        for (int j = 0; j < BM / 32; ++j) {
-          const int expanded = permuted_to_expanded[unit.m * BM + lane + 32 * j];
-          token[j] = expanded >= 0 ? expanded / top_k : -1;
-          rows += __popc(__ballot_sync(0xffffffffu, expanded >= 0));
-        }
-        a_bytes = rows * BK * ELEM_BYTES;  // padding rows are not loaded (their results unused)
-      }
-      for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
-        u64* bar = &inputs_ready[ring.stage];
-        unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
-        unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
-        if (lane == 0) {
-          mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
-          mbar_arrive_expect_tx(bar, a_bytes + L::B_STAGE_BYTES);
-          if (EPI == Epilogue::SwiGLU) {
-            tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
-            tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
-          } else {
-            tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
-          }
-          if (!GATHER_A) tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
-        }
+      const int quarter = threadIdx.x % 4, first_row = threadIdx.x / 4;
+      RingState<STAGES> ring;
+      for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
+        const Unit unit = sched.unit(u);
+        const int b_row =
+            tile_expert[unit.m] * w_rows + unit.n * (EPI == Epilogue::SwiGLU ? BN / 2 : BN);
+        int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
         if (GATHER_A) {
-          __syncwarp();  // the stage is free (lane 0 waited)
 #pragma unroll
-          for (int j = 0; j < BM / 32; ++j) {
-            const int r = lane + 32 * j;
-            if (token[j] >= 0)
-              tma_load_2d(a_tile + r * BK * ELEM_BYTES, a_desc, bar, kb * BK, token[j]);
+          for (int i = 0; i < GATHER_ROWS_PER_THREAD; ++i) {
+            const int expanded = permuted_to_expanded[unit.m * BM + first_row + 32 * i];
+            token[i] = expanded >= 0 ? expanded / top_k : -1;
+          }
+        }
+        for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
+          u64* bar = &inputs_ready[ring.stage];
+          unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
+          unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
+          mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
+          if (threadIdx.x == 0) {
+            mbar_arrive_expect_tx(bar, (GATHER_A ? 0 : L::A_STAGE_BYTES) + L::B_STAGE_BYTES);
+            if (EPI == Epilogue::SwiGLU) {
+              tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+              tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
+            } else {
+              tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
+              tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
+            }
+          }
+          if (GATHER_A) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int chunk = quarter + 4 * half;
+              const int col = kb * BK + chunk * 8;
+              const u32 bytes = col < K ? 16 : 0;  // K % 8 == 0: a chunk is all in or all past K
+#pragma unroll
+              for (int i = 0; i < GATHER_ROWS_PER_THREAD; ++i) {
+                const int r = first_row + 32 * i;
+                // the 128-byte swizzle: chunk c of row r sits at chunk c ^ (r % 8)
+                if (token[i] >= 0)
+                  cp_async_16(a_tile + r * BK * ELEM_BYTES + ((chunk ^ (r % 8)) * 16),
+                              x + (i64)token[i] * K + (bytes ? col : 0), bytes);
+              }
+            }
+            cp_async_mbar_arrive_noinc(bar);
           }
         }
       }
     }
+    // GEMM1 of the fused path clears GEMM2's output once its loads are issued.
+    const Vec16 zeros = {{0u, 0u, 0u, 0u}};
+    for (i64 v = (i64)blockIdx.x * 128 + threadIdx.x; v < zero_vectors; v += (i64)gridDim.x * 128)
+      zero[v] = zeros;
+    cp_async_wait<0>();
     return;
   }
 
@@ -211,6 +213,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
     const Unit unit = sched.unit(u);
     for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
       mbar_wait(&inputs_ready[ring.stage], ring.phase);
+      if (GATHER_A) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
       const u64 a = smem_desc_sw128(smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES +
                                     c * 64 * BK * ELEM_BYTES);
       const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES);
@@ -297,26 +300,31 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const TmaDesc* b_desc, const Elem* 
 
 // Entry points: one per (dtype, BN, variant). Launch: a persistent grid of at most one CTA per
 // SM, THREADS threads, Layout<BN, STAGES>::BYTES of dynamic shared memory; the host side
-// (moefuse/kernels.py) mirrors the names and geometry.
-#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, GATHER_A, OUT)                        \
-  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                              \
-      NAME(const __grid_constant__ TmaDesc a_desc, const __grid_constant__ TmaDesc b_desc,    \
-           const ELEM* bias, const int* tile_expert, const int* expert_offsets,               \
-           int num_local_experts, const int* permuted_to_expanded, const float* topk_weights, \
-           OUT* out, int K, int N, int top_k, int k_splits, Vec16* zero, i64 zero_vectors) {  \
-    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, GATHER_A, OUT>(                 \
-        &a_desc, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,               \
-        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits, zero, zero_vectors);  \
+// (moefuse/backends.py) mirrors the names and geometry. GEMM1 takes x (gathered rows), GEMM2 the
+// TMA descriptor of h.
+#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT, A_PARAM, A_DESC, X)               \
+  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                               \
+      NAME(A_PARAM, const __grid_constant__ TmaDesc b_desc, const ELEM* bias,                  \
+           const int* tile_expert, const int* expert_offsets, int num_local_experts,           \
+           const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N, \
+           int top_k, int k_splits, Vec16* zero, i64 zero_vectors) {                           \
+    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                            \
+        A_DESC, X, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,              \
+        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits, zero, zero_vectors);   \
   }
+#define MOEFUSE_SM90_GEMM1(NAME, ELEM, BN, STAGES) \
+  MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, SwiGLU, ELEM, const ELEM* x, nullptr, x)
+#define MOEFUSE_SM90_GEMM2(NAME, ELEM, BN, STAGES, EPI, OUT)                                   \
+  MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT, const __grid_constant__ TmaDesc a_desc, \
+                     &a_desc, (const ELEM*)nullptr)
 
 #define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BN, STAGES)                                              \
-  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, false, ELEM)     \
-  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_rows_##TAG##_n##BN, ELEM, BN, STAGES, SwiGLU, true, ELEM) \
-  MOEFUSE_SM90_ENTRY(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, false, ELEM)       \
-  MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_##TAG, ELEM, BN, STAGES, ScatterAdd, \
-                     false, ELEM)                                                                \
-  MOEFUSE_SM90_ENTRY(sm90_gemm2_scatter_##TAG##_n##BN##_out_f32, ELEM, BN, STAGES, ScatterAdd,   \
-                     false, float)
+  MOEFUSE_SM90_GEMM1(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES)                          \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, ELEM)              \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_n##BN##_out_##TAG, ELEM, BN, STAGES, ScatterAdd, \
+                     ELEM)                                                                       \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_n##BN##_out_f32, ELEM, BN, STAGES, ScatterAdd,   \
+                     float)
 
 MOEFUSE_SM90_ENTRIES(bf16, Bf16, 64, 8)
 MOEFUSE_SM90_ENTRIES(bf16, Bf16, 128, 6)
