@@ -211,6 +211,22 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
   RingState<STAGES> ring;
   for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
     const Unit unit = sched.unit(u);
+    // The epilogue's row lookups are issued before the main loop, which hides their latency:
+    // the slots of this thread's write-out rows, and (ScatterAdd) of its fragment rows, whose
+    // router weights load once the first MMAs are issued.
+    const int row_base = unit.m * BM + c * 64;
+    int out_expanded[E::STEPS];
+#pragma unroll
+    for (int i = 0; i < E::STEPS; ++i)
+      out_expanded[i] =
+          permuted_to_expanded[row_base + t / E::CHUNKS_PER_ROW + i * E::ROWS_PER_STEP];
+    int frag_expanded[2];
+    float row_scale[2] = {1.0f, 1.0f};
+    if (EPI == Epilogue::ScatterAdd) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        frag_expanded[half] = permuted_to_expanded[row_base + 16 * warp + lane / 4 + 8 * half];
+    }
     for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
       mbar_wait(&inputs_ready[ring.stage], ring.phase);
       if (GATHER_A) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
@@ -224,6 +240,11 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
                            kb > unit.k_begin || k16 > 0, (Elem*)nullptr);
       }
       wgmma_commit();
+      if (EPI == Epilogue::ScatterAdd && kb == unit.k_begin) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          row_scale[half] = frag_expanded[half] >= 0 ? topk_weights[frag_expanded[half]] : 0.0f;
+      }
       wgmma_wait<0>();  // keeping a batch in flight (wait<1>, the stage freed a batch later)
                         // measured no faster (docs/PERF.md)
       if (lane == 0) mbar_arrive(&stage_free[ring.stage]);
@@ -232,22 +253,12 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
     // ---- epilogue: registers -> staging (scaled, biased, converted) -> 16-byte global ops -----
     const int expert = tile_expert[unit.m];
     const Elem* expert_bias = bias && unit.k_begin == 0 ? bias + (i64)expert * w_rows : nullptr;
-    const int row_base = unit.m * BM + c * 64;
-    float row_scale[2] = {1.0f, 1.0f};  // of this thread's fragment rows (ScatterAdd)
-    if (EPI == Epilogue::ScatterAdd) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int expanded = permuted_to_expanded[row_base + 16 * warp + lane / 4 + 8 * half];
-        row_scale[half] = expanded >= 0 ? topk_weights[expanded] : 0.0f;
-      }
-    }
     OutT* dst_row[E::STEPS];  // of this thread's write-out rows; null for padding rows
 #pragma unroll
     for (int i = 0; i < E::STEPS; ++i) {
       const int p = row_base + t / E::CHUNKS_PER_ROW + i * E::ROWS_PER_STEP;
-      const int expanded = permuted_to_expanded[p];
-      const i64 row = EPI == Epilogue::ScatterAdd ? expanded / top_k : p;
-      dst_row[i] = expanded >= 0 ? out + row * N : nullptr;
+      const i64 row = EPI == Epilogue::ScatterAdd ? out_expanded[i] / top_k : p;
+      dst_row[i] = out_expanded[i] >= 0 ? out + row * N : nullptr;
     }
 #pragma unroll
     for (int pass = 0; pass < E::OUT_COLS / E::PASS_COLS; ++pass) {
