@@ -10,12 +10,17 @@
 //   3. plan_expert_offsets: scan of the experts' totals padded to tile_m -> expert_offsets, and the
 //                          tile schedule tile_expert[tile].
 //   4. plan_scatter:       permuted row of i = expert_offsets[e] + chunk_count[e][chunk] + rank[i].
-// With at most one chunk (T*k <= PLAN_CHUNK, decode), plan_small does all four in one block.
+// Smaller plans take one launch instead of four: plan_small (at most PLAN_CHUNK entries) or
+// plan_one_block (at most PLAN_BLOCK_PASSES * PLAN_BLOCK_THREADS entries, PLAN_BLOCK_EXPERTS local
+// experts). moefuse/kernels.py picks one by the crossovers measured in docs/PERF.md.
 // The order inside an expert's segment is ascending expanded index, so the plan is deterministic.
 #include "common/ptx.cuh"
 
 constexpr int PLAN_CHUNK = 512;  // entries per plan_rank / plan_scatter block
 constexpr int SCAN_THREADS = 1024;
+constexpr int PLAN_BLOCK_THREADS = 1024;  // at most; a multiple of 32 (fewer for small batches)
+constexpr int PLAN_BLOCK_PASSES = 4;      // entries per thread, at most
+constexpr int PLAN_BLOCK_EXPERTS = 256;
 constexpr int TOPK_WARPS = 8;
 
 DEV int warp_inclusive_scan(int v) {
@@ -148,7 +153,8 @@ extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
   write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
 }
 
-// The whole plan in one block, for T*k <= PLAN_CHUNK.
+// The whole plan in one block of PLAN_CHUNK threads, each entry ranked and each expert counted by a
+// scan over all entries (T*k <= PLAN_CHUNK): the cheapest plan for decode-sized batches.
 template <typename IdT>
 DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
                     int num_local, int tile_m, int* __restrict__ expert_counts,
@@ -191,6 +197,79 @@ DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_
   }
 MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i32, int)
 MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i64, i64)
+
+// The whole plan in one block of blockDim.x threads (n_expanded <= PLAN_BLOCK_PASSES * blockDim.x).
+// Entries are taken blockDim.x at a time in index order; an entry's rank in its expert is the
+// expert's count before this pass, plus its count in the earlier warps of this pass (a per-warp
+// table, scanned over warps), plus its count in the earlier lanes of its warp (match_any). So ranks
+// follow ascending expanded index, as in the multi-kernel plan.
+template <typename IdT>
+DEV void plan_one_block(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
+                        int num_local, int tile_m, int* __restrict__ expert_counts,
+                        int* __restrict__ expert_offsets, int* __restrict__ tile_expert,
+                        int max_tiles, int* __restrict__ permuted_to_expanded, int capacity,
+                        int* __restrict__ expanded_to_permuted) {
+  __shared__ int warp_counts[PLAN_BLOCK_THREADS / 32 * PLAN_BLOCK_EXPERTS];  // [warp][expert]
+  __shared__ int counted[PLAN_BLOCK_EXPERTS];  // per expert, entries of earlier passes
+  __shared__ int scratch[33];
+  const int threads = blockDim.x, warps = threads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  fill_unrouted(tile_expert, max_tiles, permuted_to_expanded, capacity, threadIdx.x, threads);
+  for (int e = threadIdx.x; e < num_local; e += threads) counted[e] = 0;
+  int expert[PLAN_BLOCK_PASSES], rank[PLAN_BLOCK_PASSES];
+#pragma unroll
+  for (int pass = 0; pass < PLAN_BLOCK_PASSES; ++pass) {
+    expert[pass] = -1;
+    if (pass * threads >= n_expanded) continue;  // uniform across the block
+    const int i = pass * threads + threadIdx.x;
+    const int e = i < n_expanded ? local_expert(topk_ids, i, first_expert, num_local) : -1;
+    for (int c = threadIdx.x; c < warps * num_local; c += threads) warp_counts[c] = 0;
+    __syncthreads();
+    const u32 same = __match_any_sync(0xffffffffu, e);
+    const int in_warp = __popc(same & ((1u << lane) - 1));
+    if (e >= 0 && in_warp == 0) warp_counts[warp * num_local + e] = __popc(same);
+    __syncthreads();
+    for (int x = threadIdx.x; x < num_local; x += threads) {
+      int before = counted[x];
+#pragma unroll 1
+      for (int w = 0; w < warps; ++w) {
+        const int n = warp_counts[w * num_local + x];
+        warp_counts[w * num_local + x] = before;
+        before += n;
+      }
+      counted[x] = before;
+    }
+    __syncthreads();
+    expert[pass] = e;
+    rank[pass] = e >= 0 ? warp_counts[warp * num_local + e] + in_warp : 0;
+    __syncthreads();  // the next pass clears the table
+  }
+  for (int e = threadIdx.x; e < num_local; e += threads) expert_counts[e] = counted[e];
+  __syncthreads();
+  write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
+  __syncthreads();
+#pragma unroll
+  for (int pass = 0; pass < PLAN_BLOCK_PASSES; ++pass) {
+    const int i = pass * threads + threadIdx.x;
+    if (i >= n_expanded) continue;
+    const int e = expert[pass];
+    const int p = e >= 0 ? expert_offsets[e] + rank[pass] : -1;
+    if (e >= 0) permuted_to_expanded[p] = i;
+    expanded_to_permuted[i] = p;
+  }
+}
+
+#define MOEFUSE_PLAN_ONE_BLOCK_ENTRY(NAME, IDT)                                              \
+  extern "C" __global__ void __launch_bounds__(PLAN_BLOCK_THREADS)                           \
+      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m, \
+           int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,         \
+           int* permuted_to_expanded, int capacity, int* expanded_to_permuted) {             \
+    plan_one_block(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts,     \
+                   expert_offsets, tile_expert, max_tiles, permuted_to_expanded, capacity,   \
+                   expanded_to_permuted);                                                    \
+  }
+MOEFUSE_PLAN_ONE_BLOCK_ENTRY(plan_one_block_i32, int)
+MOEFUSE_PLAN_ONE_BLOCK_ENTRY(plan_one_block_i64, i64)
 
 template <typename IdT>
 DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,

@@ -12,6 +12,10 @@ from . import _cache, _device
 # routing.cu
 PLAN_CHUNK = 512
 SCAN_THREADS = 1024
+PLAN_SMALL_ENTRIES = 128  # routing.cu: the limits of the one-launch plans
+PLAN_BLOCK_THREADS = 1024
+PLAN_BLOCK_ENTRIES = 4 * PLAN_BLOCK_THREADS
+PLAN_BLOCK_EXPERTS = 256
 TOPK_WARPS = 8
 # permute.cu
 GATHER_THREADS = 128
@@ -65,26 +69,29 @@ def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
 
 def build_plan(topk_ids, plan, rank, chunk_count) -> None:
     """Launch the plan kernels into `plan`'s arrays (they fill every entry themselves);
-    `rank` and `chunk_count` are scratch. One kernel when T*k fits one chunk, else four."""
+    `rank` and `chunk_count` are scratch. One kernel up to PLAN_BLOCK_ENTRIES entries and
+    PLAN_BLOCK_EXPERTS local experts (plan_small up to PLAN_SMALL_ENTRIES), else four."""
     n_expanded = topk_ids.size
     num_chunks = cdiv(n_expanded, PLAN_CHUNK)
     suffix = "i64" if topk_ids.dtype == np.int64 else "i32"
     num_local = plan.num_local_experts
     head = (topk_ids, i32(n_expanded), i32(plan.first_expert), i32(num_local))
     unrouted = (plan.tile_expert, i32(plan.max_tiles), plan.permuted_to_expanded, i32(plan.capacity))
-    if num_chunks == 1:
-        function("routing", f"plan_small_{suffix}")(
-            (1,),
-            (PLAN_CHUNK,),
-            (
-                *head,
-                i32(plan.tile_m),
-                plan.expert_counts,
-                plan.expert_offsets,
-                *unrouted,
-                plan.expanded_to_permuted,
-            ),
-        )
+    one_block_args = (
+        *head,
+        i32(plan.tile_m),
+        plan.expert_counts,
+        plan.expert_offsets,
+        *unrouted,
+        plan.expanded_to_permuted,
+    )
+    if n_expanded <= PLAN_SMALL_ENTRIES:
+        function("routing", f"plan_small_{suffix}")((1,), (PLAN_CHUNK,), one_block_args)
+        return
+    if n_expanded <= PLAN_BLOCK_ENTRIES and num_local <= PLAN_BLOCK_EXPERTS:
+        # One pass up to 1024 entries; at least 512 threads, which clear the padding slots.
+        threads = min(PLAN_BLOCK_THREADS, max(512, 32 * cdiv(n_expanded, 32)))
+        function("routing", f"plan_one_block_{suffix}")((1,), (threads,), one_block_args)
         return
     head = (*head, i32(num_chunks))
     function("routing", f"plan_rank_{suffix}")(

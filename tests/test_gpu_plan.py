@@ -45,8 +45,12 @@ def compare_plan(topk_ids, num_experts, tile_m, first_expert=0, num_local_expert
         (1000, 2, 8, 0.9),
         (700, 1, 16, 0.0),
         (128, 8, 256, 0.0),
-        (64, 8, 256, 0.0),  # T*k = 512: the one-block plan's largest
-        (65, 8, 256, 0.3),  # two chunks: the multi-kernel plan's smallest
+        (16, 8, 256, 0.0),  # T*k = 128: plan_small's largest
+        (17, 8, 256, 0.3),  # plan_one_block's smallest
+        (64, 8, 256, 0.0),
+        (512, 8, 256, 0.0),  # T*k = 4096, 256 experts: plan_one_block's largest
+        (513, 8, 256, 0.3),  # the multi-kernel plan's smallest by entries
+        (100, 4, 300, 0.0),  # and by experts
         (4096, 8, 256, 0.0),
         (5000, 6, 64, 0.5),
     ],
