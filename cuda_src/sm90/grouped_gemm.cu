@@ -98,6 +98,41 @@ DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
   *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
 }
 
+// Epilogue, registers -> staging for one pass: bias, SwiGLU or router scale, conversion. The
+// warpgroup's fragment rows 16 * warp + lane / 4 (+8) land in staging rows of STAGING_PITCH bytes.
+template <int BN, Epilogue EPI, typename OutT, bool HAS_BIAS, typename Elem>
+DEV void stage_pass(const float (&acc)[BN / 2], int pass, int first_col, int N,
+                    const Elem* __restrict__ expert_bias, const float (&row_scale)[2],
+                    unsigned char* staging, int warp, int lane) {
+  using E = Epi<BN, EPI, OutT>;
+#pragma unroll
+  for (int g = 0; g < E::PASS_COLS / 8; ++g) {
+    const int j8 = pass * (E::PASS_COLS / 8) + g;  // 8-column group of the output tile
+    const int col = first_col + j8 * 8 + 2 * (lane % 4);
+    const bool col_ok = col < N;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float v[2];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const float x = acc[4 * j8 + 2 * half + q];
+        if (EPI == Epilogue::SwiGLU) {
+          const float up = acc[4 * (j8 + BN / 16) + 2 * half + q];
+          const float bg = HAS_BIAS && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
+          const float bu = HAS_BIAS && col_ok ? to_float(expert_bias[N + col + q]) : 0.0f;
+          v[q] = silu(x + bg) * (up + bu);
+        } else {
+          const float b = HAS_BIAS && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
+          v[q] = row_scale[half] * (x + b);
+        }
+      }
+      store_pair(staging + (16 * warp + lane / 4 + 8 * half) * STAGING_PITCH +
+                     (g * 8 + 2 * (lane % 4)) * (int)sizeof(OutT),
+                 v[0], v[1], (OutT*)nullptr);
+    }
+  }
+}
+
 template <typename Elem, int BN, int STAGES, Epilogue EPI, typename OutT>
 DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const TmaDesc* b_desc,
                       const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
@@ -262,31 +297,13 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
     }
 #pragma unroll
     for (int pass = 0; pass < E::OUT_COLS / E::PASS_COLS; ++pass) {
-#pragma unroll
-      for (int g = 0; g < E::PASS_COLS / 8; ++g) {
-        const int j8 = pass * (E::PASS_COLS / 8) + g;  // 8-column group of the output tile
-        const int col = unit.n * E::OUT_COLS + j8 * 8 + 2 * (lane % 4);
-        const bool col_ok = col < N;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          float v[2];
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const float x = acc[4 * j8 + 2 * half + q];
-            if (EPI == Epilogue::SwiGLU) {
-              const float up = acc[4 * (j8 + BN / 16) + 2 * half + q];
-              const float bg = expert_bias && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
-              const float bu = expert_bias && col_ok ? to_float(expert_bias[N + col + q]) : 0.0f;
-              v[q] = silu(x + bg) * (up + bu);
-            } else {
-              const float b = expert_bias && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
-              v[q] = row_scale[half] * (x + b);
-            }
-          }
-          store_pair(staging + (16 * warp + lane / 4 + 8 * half) * STAGING_PITCH +
-                         (g * 8 + 2 * (lane % 4)) * (int)sizeof(OutT),
-                     v[0], v[1], (OutT*)nullptr);
-        }
+      // The bias-free case (the usual one) gets its own copy, free of per-element bias checks.
+      if (expert_bias) {
+        stage_pass<BN, EPI, OutT, true>(acc, pass, unit.n * E::OUT_COLS, N, expert_bias, row_scale,
+                                        staging, warp, lane);
+      } else {
+        stage_pass<BN, EPI, OutT, false>(acc, pass, unit.n * E::OUT_COLS, N, expert_bias, row_scale,
+                                         staging, warp, lane);
       }
       named_barrier_sync(1 + c, 128);
       const int chunk = t % E::CHUNKS_PER_ROW;
