@@ -186,17 +186,17 @@ DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_
   expanded_to_permuted[i] = p;
 }
 
-#define MOEFUSE_PLAN_SMALL_ENTRY(NAME, IDT)                                                  \
-  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                   \
+// The one-launch plans' entry points: NAME runs FN in one block of at most THREADS threads.
+#define MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(NAME, FN, THREADS, IDT)                                \
+  extern "C" __global__ void __launch_bounds__(THREADS)                                      \
       NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m, \
            int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,         \
            int* permuted_to_expanded, int capacity, int* expanded_to_permuted) {             \
-    plan_small(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts,         \
-               expert_offsets, tile_expert, max_tiles, permuted_to_expanded, capacity,       \
-               expanded_to_permuted);                                                        \
+    FN(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts, expert_offsets, \
+       tile_expert, max_tiles, permuted_to_expanded, capacity, expanded_to_permuted);        \
   }
-MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i32, int)
-MOEFUSE_PLAN_SMALL_ENTRY(plan_small_i64, i64)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i32, plan_small, PLAN_CHUNK, int)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i64, plan_small, PLAN_CHUNK, i64)
 
 // The whole plan in one block of blockDim.x threads (n_expanded <= PLAN_BLOCK_PASSES * blockDim.x).
 // Entries are taken blockDim.x at a time in index order; an entry's rank in its expert is the
@@ -259,17 +259,8 @@ DEV void plan_one_block(const IdT* __restrict__ topk_ids, int n_expanded, int fi
   }
 }
 
-#define MOEFUSE_PLAN_ONE_BLOCK_ENTRY(NAME, IDT)                                              \
-  extern "C" __global__ void __launch_bounds__(PLAN_BLOCK_THREADS)                           \
-      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m, \
-           int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,         \
-           int* permuted_to_expanded, int capacity, int* expanded_to_permuted) {             \
-    plan_one_block(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts,     \
-                   expert_offsets, tile_expert, max_tiles, permuted_to_expanded, capacity,   \
-                   expanded_to_permuted);                                                    \
-  }
-MOEFUSE_PLAN_ONE_BLOCK_ENTRY(plan_one_block_i32, int)
-MOEFUSE_PLAN_ONE_BLOCK_ENTRY(plan_one_block_i64, i64)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i32, plan_one_block, PLAN_BLOCK_THREADS, int)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i64, plan_one_block, PLAN_BLOCK_THREADS, i64)
 
 template <typename IdT>
 DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
