@@ -1,0 +1,45 @@
+"""The host's launch geometry mirrors the constants of the CUDA sources it launches (no GPU)."""
+
+import re
+
+from moefuse import _sources, kernels
+from moefuse.backends import Sm80, Sm90
+
+
+def cuda_constants(module: str) -> dict[str, int]:
+    """`constexpr int NAME = <integer arithmetic>;` definitions of a module's source."""
+    source = (_sources.source_root() / _sources.MODULES[module]).read_text()
+    found = re.findall(r"constexpr int (\w+) = ([\d +*]+);", source)
+    return {name: eval(value, {"__builtins__": {}}) for name, value in found}
+
+
+def test_routing_geometry():
+    c = cuda_constants("routing")
+    assert (
+        c["PLAN_CHUNK"],
+        c["SCAN_THREADS"],
+        c["TOPK_WARPS"],
+    ) == (kernels.PLAN_CHUNK, kernels.SCAN_THREADS, kernels.TOPK_WARPS)
+    assert c["PLAN_BLOCK_THREADS"] == kernels.PLAN_BLOCK_THREADS
+    assert c["PLAN_BLOCK_PASSES"] * c["PLAN_BLOCK_THREADS"] == kernels.PLAN_BLOCK_ENTRIES
+    assert c["PLAN_BLOCK_EXPERTS"] == kernels.PLAN_BLOCK_EXPERTS
+    assert c["PLAN_CHUNK"] >= kernels.PLAN_SMALL_ENTRIES  # plan_small ranks one chunk
+
+
+def test_finalize_geometry():
+    assert cuda_constants("permute")["FINALIZE_THREADS"] == kernels.FINALIZE_THREADS
+
+
+def test_portable_gemm_geometry():
+    c = cuda_constants("sm80_grouped_gemm")
+    assert (c["BN"], c["BK"], c["STAGES"], c["THREADS"]) == (Sm80.BN, Sm80.BK, Sm80.STAGES, Sm80.THREADS)
+
+
+def test_hopper_gemm_geometry():
+    c = cuda_constants("sm90_grouped_gemm")
+    source = (_sources.source_root() / _sources.MODULES["sm90_grouped_gemm"]).read_text()
+    entries = re.findall(r"^MOEFUSE_SM90_ENTRIES\((\w+), \w+, (\d+), (\d+)\)", source, flags=re.M)
+    for tag in ("bf16", "f16"):
+        assert {int(bn): int(stages) for t, bn, stages in entries if t == tag} == Sm90.STAGES
+    assert (c["BM"], c["BK"], c["THREADS"]) == (Sm90.BM, Sm90.BK, Sm90.THREADS)
+    assert 2 * 64 * c["STAGING_PITCH"] == Sm90.STAGING_BYTES
