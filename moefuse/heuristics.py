@@ -24,7 +24,8 @@ def choose_sm90_tiles(
 
     The widest tile (256, 128, 64) that still gives every SM a unit of work. When even BN = 64
     leaves SMs idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the
-    units come to about one per SM (each split keeps at least four 64-deep K blocks)."""
+    units come to about one per SM (each split keeps at least four 64-deep K blocks, and none is
+    empty)."""
     for bn in SM90_TILE_N:
         units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
         if units >= num_sms:
@@ -32,7 +33,10 @@ def choose_sm90_tiles(
     if not can_split:
         return bn, 1
     k_blocks = -(-depth // 64)
-    return bn, max(1, min(round(num_sms / units), k_blocks // 4))
+    splits = max(1, min(round(num_sms / units), k_blocks // 4))
+    # The kernel slices K into ceil(k_blocks / splits)-block pieces; fewer splits when some would
+    # be empty (an empty slice would add its stale accumulators into the output).
+    return bn, -(-k_blocks // -(-k_blocks // splits))
 
 
 SM90_TILE_N = (256, 128, 64)

@@ -274,6 +274,18 @@ def test_decode_shapes_split_k(rng, dtype, num_tokens):
         assert reference.relative_error(out.get(), want) < TOLERANCE[dtype]
 
 
+def test_split_k_with_an_uneven_depth(rng):
+    """H=256, I=6464 at T=1: GEMM2 has 4 units and 101 K blocks, split 21 ways (never into an
+    empty slice)."""
+    p = moe_problem(rng, "bf16", 1, 256, 6464, 1, top_k=1, bias=True)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    out = poisoned((1, 256), DTYPES["bf16"])
+    layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=True)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
 def test_misaligned_input_is_copied_and_misaligned_output_refused(rng):
     import cupy
 

@@ -39,3 +39,16 @@ def test_chosen_units_always_cover_the_sms_or_the_problem():
             bn, splits = heuristics.choose_sm90_tiles(m, n, 2048, SMS, swiglu=False, can_split=True)
             assert bn in heuristics.SM90_TILE_N and splits >= 1
             assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // 64))
+
+
+def test_no_k_split_is_empty():
+    """The kernel gives split i the K blocks [i * per, min((i + 1) * per, k_blocks)), per =
+    ceil(k_blocks / splits): every split must get at least one (H=256, I=6464, T=1 once got 25
+    splits of 5 blocks for 101)."""
+    for units_m, n in ((1, 256), (1, 64), (2, 512), (3, 1024), (1, 1024)):
+        for depth in range(64, 64 * 400, 64 * 3 + 8):
+            _, splits = heuristics.choose_sm90_tiles(units_m, n, depth, SMS, swiglu=False, can_split=True)
+            k_blocks = -(-depth // 64)
+            per = -(-k_blocks // splits)
+            assert (splits - 1) * per < k_blocks, (units_m, n, depth, splits)
+    assert heuristics.choose_sm90_tiles(1, 256, 6464, SMS, swiglu=False, can_split=True) == (64, 21)
