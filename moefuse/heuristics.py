@@ -34,9 +34,10 @@ def choose_sm90_tiles(
         return bn, 1
     k_blocks = -(-depth // 64)
     splits = max(1, min(round(num_sms / units), k_blocks // 4))
-    # The kernel slices K into ceil(k_blocks / splits)-block pieces; fewer splits when some would
-    # be empty (an empty slice would add its stale accumulators into the output).
-    return bn, -(-k_blocks // -(-k_blocks // splits))
+    # The kernel slices K into per_split-block pieces; only as many splits as those pieces fill
+    # (an empty slice would add its stale accumulators into the output).
+    per_split = -(-k_blocks // splits)
+    return bn, -(-k_blocks // per_split)
 
 
 SM90_TILE_N = (256, 128, 64)

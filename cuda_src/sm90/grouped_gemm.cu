@@ -185,8 +185,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
       RingState<STAGES> ring;
       for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
         const Unit unit = sched.unit(u);
-        const int b_row =
-            tile_expert[unit.m] * w_rows + unit.n * (EPI == Epilogue::SwiGLU ? BN / 2 : BN);
+        const int b_row = tile_expert[unit.m] * w_rows + unit.n * E::OUT_COLS;
         int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
         if (GATHER_A) {
 #pragma unroll
