@@ -11,10 +11,14 @@ MODULES: dict[str, str] = {
     "routing": "routing.cu",
     "permute": "permute.cu",
     "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
-    "sm90_grouped_gemm": "sm90/grouped_gemm.cu",
+    "sm90_grouped_gemm_m128": "sm90/grouped_gemm_m128.cu",
+    "sm90_grouped_gemm_m64": "sm90/grouped_gemm_m64.cu",
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
-MODULE_ARCHS: dict[str, tuple[str, ...]] = {"sm90_grouped_gemm": ("sm_90a",)}
+MODULE_ARCHS: dict[str, tuple[str, ...]] = {
+    "sm90_grouped_gemm_m128": ("sm_90a",),
+    "sm90_grouped_gemm_m64": ("sm_90a",),
+}
 
 
 def modules_for(arch: str) -> list[str]:

@@ -76,24 +76,35 @@ class Sm80:
 
 
 class Sm90:
-    """cuda_src/sm90/grouped_gemm.cu: a persistent grid of at most one 384-thread CTA per SM; B
-    (and GEMM2's A) arrive by TMA, GEMM1 gathers x's rows with cp.async."""
+    """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu): a
+    persistent grid of at most one 384-thread CTA per SM; B (and GEMM2's A) arrive by TMA, GEMM1
+    gathers x's rows with cp.async."""
 
     name = "sm90"
     CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
-    TILE_M = (128,)
+    TILE_M = (64, 128)
     THREADS = 384
-    BM = 128
     BK = 64
-    STAGES: ClassVar[dict[int, int]] = {64: 8, 128: 6, 256: 4}  # per BN, as in the kernel entries
+    # (BM, BN) -> STAGES, as in the kernel entries
+    STAGES: ClassVar[dict[tuple[int, int], int]] = {
+        (128, 256): 4,
+        (128, 128): 6,
+        (128, 64): 8,
+        (64, 256): 5,
+        (64, 128): 8,
+    }
     STAGING_BYTES = 2 * 64 * (128 + 16)  # Layout::STAGING_*: two warpgroups' 64 padded rows
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
-        return self.BM
+        return heuristics.choose_sm90_tile_m(num_tokens, top_k, num_local_experts)
 
-    def smem_bytes(self, bn: int) -> int:
-        stages = self.STAGES[bn]
-        return stages * (self.BM + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8
+    def tile_widths(self, tile_m: int) -> tuple[int, ...]:
+        """The BN of the kernels with `tile_m`-row tiles, widest first."""
+        return tuple(sorted((bn for bm, bn in self.STAGES if bm == tile_m), reverse=True))
+
+    def smem_bytes(self, tile_m: int, bn: int) -> int:
+        stages = self.STAGES[(tile_m, bn)]
+        return stages * (tile_m + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8
 
     def _launch(
         self,
@@ -112,14 +123,16 @@ class Sm90:
         zero=None,
     ) -> None:
         """`a_arg`: x itself (GEMM1 gathers its rows) or A's TMA descriptor (GEMM2). GEMM1
-        (swiglu) loads, per tile, BN/2 gate and BN/2 up rows of w (two boxes) for BN/2 outputs."""
-        fn = function("sm90_grouped_gemm", name)
+        (swiglu) loads, per tile, BN/2 gate and BN/2 up rows of w for BN/2 outputs, as one box
+        of each per warpgroup slice (Split in the kernel: one slice at BM = 128, two at 64)."""
+        fn = function(f"sm90_grouped_gemm_m{plan.tile_m}", name)
         out_cols = bn // 2 if swiglu else bn
+        box_rows = out_cols // (128 // plan.tile_m) if swiglu else out_cols
         units = plan.max_tiles * cdiv(n, out_cols) * k_splits
         grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
         args = (
             a_arg,
-            _tma.tile_desc(w, out_cols),
+            _tma.tile_desc(w, box_rows),
             pointer(bias),
             plan.tile_expert,
             plan.expert_offsets,
@@ -134,34 +147,36 @@ class Sm90:
             pointer(zero),
             np.int64(0 if zero is None else zero.nbytes // 16),
         )
-        launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(bn))
+        launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(plan.tile_m, bn))
 
-    def _a_desc(self, a) -> object:
-        return _tma.tile_desc(a, self.BM)
+    def _a_desc(self, a, plan) -> object:
+        return _tma.tile_desc(a, plan.tile_m)
 
     def _tiles(self, plan, n: int, depth: int, swiglu: bool, can_split: bool) -> tuple[int, int]:
         sms = _device.multiprocessor_count(_device.require_gpu())
-        return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split)
+        widths = self.tile_widths(plan.tile_m)
+        return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split, widths)
 
     def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None) -> None:
         """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), the kernel gathering x's rows; also
         zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, can_split=False)
-        name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_n{bn}"
+        name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}_n{bn}"
         self._launch(name, bn, 1, True, x, w1, b1, plan, None, h, hidden, inter, zero)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, _ = self._tiles(plan, n, depth, swiglu=False, can_split=False)
-        name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_n{bn}"
-        self._launch(name, bn, 1, False, self._a_desc(a), w2, b2, plan, None, y, depth, n)
+        name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}"
+        self._launch(name, bn, 1, False, self._a_desc(a, plan), w2, b2, plan, None, y, depth, n)
 
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, can_split=True)
-        name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_n{bn}_out_{dtype_tag(out.dtype)}"
-        self._launch(name, bn, k_splits, False, self._a_desc(a), w2, b2, plan, topk_weights, out, depth, n)
+        name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}_out_{dtype_tag(out.dtype)}"
+        a_desc = self._a_desc(a, plan)
+        self._launch(name, bn, k_splits, False, a_desc, w2, b2, plan, topk_weights, out, depth, n)
 
 
 _BACKENDS = {"sm80": Sm80(), "sm90": Sm90()}
@@ -173,8 +188,8 @@ def _native(capability: tuple[int, int]) -> str:
 
 
 def for_plan(plan):
-    """The backend that runs GEMMs over `plan`: the device's, unless the plan's M tile needs
-    the portable kernels (the Hopper kernels use 128-row tiles only)."""
+    """The backend that runs GEMMs over `plan`: the device's, unless only the portable kernels
+    have the plan's M tile."""
     backend = for_device(_device.require_gpu())
     return backend if plan.tile_m in backend.TILE_M else _BACKENDS["sm80"]
 

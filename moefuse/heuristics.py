@@ -1,8 +1,8 @@
 """Tile shapes and load strategies per problem.
 
 tile_m (the M extent of a grouped-GEMM tile, and the padding unit of each expert's segment):
-64 when the average expert gets fewer than 128 rows (decode and small batches: less padding to
-multiply), else 128 (twice the reuse of every weight tile loaded).
+64 for decode and small batches (less padding to multiply), else 128 (twice the reuse of every
+weight tile loaded). The portable kernels switch at 128 rows per expert, the Hopper ones at 48.
 """
 
 from __future__ import annotations
@@ -16,17 +16,34 @@ def choose_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
     return SMALL_TILE_M if rows_per_expert < LARGE_TILE_M else LARGE_TILE_M
 
 
+SM90_LARGE_TILE_FROM_ROWS = 48
+
+
+def choose_sm90_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
+    """The Hopper kernels' M tile: 64 while the average expert's rows fit one 64-row tile with
+    room for a random routing's spread (fewer than 48 rows), halving the padding rows that the
+    MMAs multiply; else 128. An expert needing two 64-row tiles reads its weights twice: at 64
+    rows per expert (Qwen3 T=1024), 64-row tiles measured 10% slower (docs/PERF.md)."""
+    rows_per_expert = num_tokens * top_k / num_local_experts
+    return SMALL_TILE_M if rows_per_expert < SM90_LARGE_TILE_FROM_ROWS else LARGE_TILE_M
+
+
 def choose_sm90_tiles(
-    max_tiles: int, n: int, depth: int, num_sms: int, swiglu: bool, can_split: bool
+    max_tiles: int,
+    n: int,
+    depth: int,
+    num_sms: int,
+    swiglu: bool,
+    can_split: bool,
+    widths: tuple[int, ...],
 ) -> tuple[int, int]:
     """(BN, k_splits) for a Hopper grouped GEMM with up to `max_tiles` M tiles and `n` output
-    columns (SwiGLU: a BN-wide B tile makes BN/2 outputs).
+    columns (SwiGLU: a BN-wide B tile makes BN/2 outputs), BN one of `widths` (widest first).
 
-    The widest tile (256, 128, 64) that still gives every SM a unit of work. When even BN = 64
-    leaves SMs idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the
-    units come to about one per SM (each split keeps at least four 64-deep K blocks, and none is
-    empty)."""
-    for bn in SM90_TILE_N:
+    The widest tile that still gives every SM a unit of work. When even the narrowest leaves SMs
+    idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the units come to
+    about one per SM (each split keeps at least four 64-deep K blocks, and none is empty)."""
+    for bn in widths:
         units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
         if units >= num_sms:
             return bn, 1
@@ -38,6 +55,3 @@ def choose_sm90_tiles(
     # (an empty slice would add its stale accumulators into the output).
     per_split = -(-k_blocks // splits)
     return bn, -(-k_blocks // per_split)
-
-
-SM90_TILE_N = (256, 128, 64)

@@ -54,7 +54,8 @@ def cuobjdump() -> str | None:
 
 def test_every_module_builds_for_its_architectures():
     assert {m for _, m in BUILDS} == set(_sources.MODULES)
-    assert ("sm_90a", "sm90_grouped_gemm") in BUILDS
+    assert ("sm_90a", "sm90_grouped_gemm_m128") in BUILDS
+    assert ("sm_90a", "sm90_grouped_gemm_m64") in BUILDS
 
 
 @pytest.mark.parametrize("arch, module", BUILDS)
@@ -88,12 +89,14 @@ def test_portable_gemm_kernels_use_tensor_cores(compiled, arch):
         assert "LDSM" in sass, f"{name} on {arch} does not use ldmatrix"
 
 
-def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled):
+@pytest.mark.parametrize("tile_m", [128, 64])
+def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, tile_m):
     from moefuse.backends import Sm90
 
-    functions = sass_functions(compiled[("sm_90a", "sm90_grouped_gemm")][0])
-    assert len(functions) == len(Sm90.STAGES) * 2 * 4  # tile widths x dtypes x variants
+    functions = sass_functions(compiled[("sm_90a", f"sm90_grouped_gemm_m{tile_m}")][0])
+    assert len(functions) == len(Sm90().tile_widths(tile_m)) * 2 * 4  # widths x dtypes x variants
     for name, sass in functions.items():
+        assert f"_m{tile_m}_" in name
         assert "HGMMA.64x" in sass, f"{name} has no warpgroup MMA"
         assert "UTMALDG.2D" in sass, f"{name} has no TMA load"
         if "gemm1" in name:  # x's rows gathered by cp.async, tracked by the stage's mbarrier
@@ -115,12 +118,12 @@ def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
     for module in _sources.MODULES:
         names |= set(_nvrtc.parse_resources(compiled[("sm_90a", module)][1].log))
     for tag in ("bf16", "f16"):
-        for bn in Sm90.STAGES:
+        for bm, bn in Sm90.STAGES:
             for name in (
-                f"sm90_gemm1_swiglu_{tag}_n{bn}",
-                f"sm90_gemm2_store_{tag}_n{bn}",
-                f"sm90_gemm2_scatter_{tag}_n{bn}_out_{tag}",
-                f"sm90_gemm2_scatter_{tag}_n{bn}_out_f32",
+                f"sm90_gemm1_swiglu_{tag}_m{bm}_n{bn}",
+                f"sm90_gemm2_store_{tag}_m{bm}_n{bn}",
+                f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_{tag}",
+                f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_f32",
             ):
                 assert name in names
         for tile_m in Sm80.TILE_M:

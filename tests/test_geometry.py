@@ -6,15 +6,18 @@ from moefuse import _sources, kernels
 from moefuse.backends import Sm80, Sm90
 
 
-def cuda_constants(module: str) -> dict[str, int]:
-    """`constexpr int NAME = <integer arithmetic>;` definitions of a module's source."""
-    source = (_sources.source_root() / _sources.MODULES[module]).read_text()
+def cuda_source(module: str) -> str:
+    return (_sources.source_root() / _sources.MODULES[module]).read_text()
+
+
+def cuda_constants(source: str) -> dict[str, int]:
+    """`constexpr int NAME = <integer arithmetic>;` definitions of a CUDA source."""
     found = re.findall(r"constexpr int (\w+) = ([\d +*]+);", source)
     return {name: eval(value, {"__builtins__": {}}) for name, value in found}
 
 
 def test_routing_geometry():
-    c = cuda_constants("routing")
+    c = cuda_constants(cuda_source("routing"))
     assert (
         c["PLAN_CHUNK"],
         c["SCAN_THREADS"],
@@ -27,19 +30,22 @@ def test_routing_geometry():
 
 
 def test_finalize_geometry():
-    assert cuda_constants("permute")["FINALIZE_THREADS"] == kernels.FINALIZE_THREADS
+    assert cuda_constants(cuda_source("permute"))["FINALIZE_THREADS"] == kernels.FINALIZE_THREADS
 
 
 def test_portable_gemm_geometry():
-    c = cuda_constants("sm80_grouped_gemm")
+    c = cuda_constants(cuda_source("sm80_grouped_gemm"))
     assert (c["BN"], c["BK"], c["STAGES"], c["THREADS"]) == (Sm80.BN, Sm80.BK, Sm80.STAGES, Sm80.THREADS)
 
 
 def test_hopper_gemm_geometry():
-    c = cuda_constants("sm90_grouped_gemm")
-    source = (_sources.source_root() / _sources.MODULES["sm90_grouped_gemm"]).read_text()
-    entries = re.findall(r"^MOEFUSE_SM90_ENTRIES\((\w+), \w+, (\d+), (\d+)\)", source, flags=re.M)
-    for tag in ("bf16", "f16"):
-        assert {int(bn): int(stages) for t, bn, stages in entries if t == tag} == Sm90.STAGES
-    assert (c["BM"], c["BK"], c["THREADS"]) == (Sm90.BM, Sm90.BK, Sm90.THREADS)
+    source = (_sources.source_root() / "sm90" / "grouped_gemm.cuh").read_text()
+    c = cuda_constants(source)
+    for tile_m in Sm90.TILE_M:
+        entries = cuda_source(f"sm90_grouped_gemm_m{tile_m}")
+        found = re.findall(r"^MOEFUSE_SM90_ENTRIES\((\w+), \w+, (\d+), (\d+), (\d+)\)", entries, flags=re.M)
+        for tag in ("bf16", "f16"):
+            stages = {(int(bm), int(bn)): int(s) for t, bm, bn, s in found if t == tag}
+            assert stages == {key: s for key, s in Sm90.STAGES.items() if key[0] == tile_m}
+    assert (c["BK"], c["THREADS"]) == (Sm90.BK, Sm90.THREADS)
     assert 2 * 64 * c["STAGING_PITCH"] == Sm90.STAGING_BYTES

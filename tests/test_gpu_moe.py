@@ -40,12 +40,14 @@ def poison_workspace(layer, num_tokens, top_k):
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("num_tokens", [1, 7, 128, 1000])
 @pytest.mark.parametrize("bias", [False, True])
-def test_grouped_gemm(rng, dtype, num_tokens, bias):
+@pytest.mark.parametrize("tile_m", [64, 128])
+def test_grouped_gemm(rng, dtype, num_tokens, bias, tile_m):
     import cupy
 
     top_k = 2
     ids = random_ids(rng, num_tokens, top_k, EXPERTS)
-    routing = moefuse.plan(cupy.asarray(ids), EXPERTS)
+    routing = moefuse.plan(cupy.asarray(ids), EXPERTS, tile_m=tile_m)
+    assert routing.tile_m == tile_m
     a = rng.standard_normal((routing.capacity, INTER)).astype(DTYPES[dtype])
     w = (rng.standard_normal((EXPERTS, HIDDEN, INTER)) * INTER**-0.5).astype(DTYPES[dtype])
     b = (rng.standard_normal((EXPERTS, HIDDEN)) * 0.1).astype(DTYPES[dtype]) if bias else None
@@ -242,14 +244,16 @@ def test_gpu_argument_errors_name_the_argument(rng):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_tile_edges(rng, fused):
-    """Experts with 1 row, exactly one 128-row tile, one row past a tile, and none."""
+@pytest.mark.parametrize("big_expert", [0, 600])
+def test_tile_edges(rng, fused, big_expert):
+    """Experts with 1 row, exactly one 64- and one 128-row tile, one row past each, and none;
+    `big_expert` rows on a sixth expert lift the rows per expert from 64-row tiles to 128."""
     import cupy
 
-    counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64}
+    counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64, 5: big_expert, 6: 65}
     ids = np.concatenate([np.full(c, e, dtype=np.int32) for e, c in counts.items()])
     ids = rng.permutation(ids)[:, None]
-    p = moe_problem(rng, "bf16", ids.shape[0], HIDDEN, INTER, 5, top_k=1, bias=True)
+    p = moe_problem(rng, "bf16", ids.shape[0], HIDDEN, INTER, len(counts), top_k=1, bias=True)
     p.topk_ids = ids
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])

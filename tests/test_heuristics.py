@@ -3,9 +3,15 @@
 import pytest
 
 from moefuse import heuristics
+from moefuse.backends import Sm90
 from moefuse.plan import plan_capacity
 
 SMS = 132
+
+
+def choose(m, n, depth, swiglu, can_split, tile_m=128):
+    widths = Sm90().tile_widths(tile_m)
+    return heuristics.choose_sm90_tiles(m, n, depth, SMS, swiglu, can_split, widths)
 
 
 def tiles(num_tokens, top_k, experts):
@@ -15,30 +21,43 @@ def tiles(num_tokens, top_k, experts):
 @pytest.mark.parametrize("num_tokens", [1024, 4096, 16384])
 def test_large_batches_take_the_widest_tile(num_tokens):
     m = tiles(num_tokens, 2, 8)
-    assert heuristics.choose_sm90_tiles(m, 14336, 4096, SMS, swiglu=True, can_split=False) == (256, 1)
-    assert heuristics.choose_sm90_tiles(m, 4096, 14336, SMS, swiglu=False, can_split=True) == (256, 1)
+    assert choose(m, 14336, 4096, True, False) == (256, 1)
+    assert choose(m, 4096, 14336, False, True) == (256, 1)
 
 
 def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atomics_sum():
     # Mixtral T=1: 2 tiles x 112 units of 128 outputs fill the SMs: the widest tile stays (64-wide
     # tiles, better balanced over the waves, measured 50% slower: docs/PERF.md).
-    assert heuristics.choose_sm90_tiles(2, 14336, 4096, SMS, swiglu=True, can_split=False) == (256, 1)
+    assert choose(2, 14336, 4096, True, False) == (256, 1)
     # DeepSeek-V3 T=1: 8 tiles x 16 = 128 units of 256 < 132 SMs: the next width down.
-    assert heuristics.choose_sm90_tiles(8, 2048, 7168, SMS, swiglu=True, can_split=False) == (128, 1)
+    assert choose(8, 2048, 7168, True, False) == (128, 1)
     # Qwen3-like GEMM2 with too few units even at BN=64: split K when the epilogue reduces...
-    bn, splits = heuristics.choose_sm90_tiles(1, 1024, 8192, SMS, swiglu=False, can_split=True)
+    bn, splits = choose(1, 1024, 8192, False, True)
     assert bn == 64 and splits == round(SMS / 16)
     # ... and never for the plain-store epilogue, nor below four 64-deep K blocks per split.
-    assert heuristics.choose_sm90_tiles(1, 1024, 8192, SMS, swiglu=False, can_split=False) == (64, 1)
-    assert heuristics.choose_sm90_tiles(1, 1024, 512, SMS, swiglu=False, can_split=True) == (64, 2)
+    assert choose(1, 1024, 8192, False, False) == (64, 1)
+    assert choose(1, 1024, 512, False, True) == (64, 2)
 
 
-def test_chosen_units_always_cover_the_sms_or_the_problem():
+@pytest.mark.parametrize("tile_m", Sm90.TILE_M)
+def test_chosen_units_always_cover_the_sms_or_the_problem(tile_m):
+    widths = Sm90().tile_widths(tile_m)
     for m in (1, 2, 7, 64, 300):
         for n in (256, 768, 2048, 7168, 14336):
-            bn, splits = heuristics.choose_sm90_tiles(m, n, 2048, SMS, swiglu=False, can_split=True)
-            assert bn in heuristics.SM90_TILE_N and splits >= 1
-            assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // 64))
+            bn, splits = choose(m, n, 2048, False, True, tile_m)
+            assert bn in widths and splits >= 1
+            assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // widths[-1]))
+
+
+def test_64_row_tiles_keep_each_warpgroup_mma_64_wide():
+    # At BM = 64 the warpgroups split BN; wgmma.cuh has N >= 64, so BN >= 128.
+    assert Sm90().tile_widths(64) == (256, 128)
+    assert Sm90().tile_widths(128) == (256, 128, 64)
+    # Qwen3 T=1 (8 tiles): no width fills the SMs, so both take the narrowest; GEMM2's 128
+    # units come close enough to the 132 SMs that K stays whole.
+    assert choose(8, 768, 2048, True, False, 64) == (128, 1)
+    assert choose(8, 2048, 768, False, True, 64) == (128, 1)
+    assert choose(2, 2048, 768, False, True, 64) == (128, 3)
 
 
 def test_no_k_split_is_empty():
@@ -47,8 +66,22 @@ def test_no_k_split_is_empty():
     splits of 5 blocks for 101)."""
     for units_m, n in ((1, 256), (1, 64), (2, 512), (3, 1024), (1, 1024)):
         for depth in range(64, 64 * 400, 64 * 3 + 8):
-            _, splits = heuristics.choose_sm90_tiles(units_m, n, depth, SMS, swiglu=False, can_split=True)
+            _, splits = choose(units_m, n, depth, False, True)
             k_blocks = -(-depth // 64)
             per = -(-k_blocks // splits)
             assert (splits - 1) * per < k_blocks, (units_m, n, depth, splits)
-    assert heuristics.choose_sm90_tiles(1, 256, 6464, SMS, swiglu=False, can_split=True) == (64, 21)
+    assert choose(1, 256, 6464, False, True) == (64, 21)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, top_k, experts, tile_m",
+    [
+        (1, 8, 128, 64),  # Qwen3 decode
+        (1024, 8, 256, 64),  # DeepSeek-V3 T=1024: 32 rows per expert fit one 64-row tile
+        (1024, 8, 128, 128),  # Qwen3 T=1024: 64 rows per expert would need two
+        (4096, 8, 256, 128),
+        (128, 2, 8, 64),  # Mixtral T=128
+    ],
+)
+def test_hopper_tile_m_keeps_an_average_expert_in_one_tile(num_tokens, top_k, experts, tile_m):
+    assert heuristics.choose_sm90_tile_m(num_tokens, top_k, experts) == tile_m

@@ -1,6 +1,6 @@
 """A/B timing of a kernel-source variant against the current one, in one process on one GPU.
 
-    python tools/ab_kernel.py cuda_src/sm90/variant.cu [--module sm90_grouped_gemm]
+    python tools/ab_kernel.py cuda_src/sm90/variant.cu [--module sm90_grouped_gemm_m128]
         [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10]
 
 The variant must define the same entry points (it is loaded in place of the module's source).
@@ -50,7 +50,7 @@ def use_source(module: str, source: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variant", type=Path)
-    parser.add_argument("--module", default="sm90_grouped_gemm")
+    parser.add_argument("--module", default="sm90_grouped_gemm_m128")
     parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)

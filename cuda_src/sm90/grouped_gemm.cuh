@@ -1,40 +1,55 @@
 // Hopper (sm_90a) grouped GEMM for the MoE expert layers: TMA loads into a STAGES-deep shared
 // memory ring guarded by mbarriers, wgmma on two consumer warpgroups, one producer warpgroup,
 // a persistent grid walking a static tile schedule over the device-side routing plan.
+// grouped_gemm_m128.cu and grouped_gemm_m64.cu instantiate the entry points (one module each).
 //
 // M tile i covers permuted rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded
-// to BM rows. GEMM1's A is x [T, K] itself: the producer warpgroup gathers each tile's rows (row
-// permuted_to_expanded[p] / top_k; padding rows skipped) with 16-byte cp.async into the swizzled
-// stage. GEMM2's A is h [rows, K], already in permuted order, loaded by TMA as BM-row boxes.
-// B is w viewed as [E * w_rows, K], loaded by TMA.
-// Epilogues (rows whose permuted_to_expanded is -1 are padding and never written):
+// to BM rows. BM = 128: the consumer warpgroups split the tile's rows (64 each, the whole BN
+// columns); BM = 64 (decode and small batches: half the padding rows multiplied): they split its
+// columns (BN/2 each, all 64 rows). GEMM1's A is x [T, K] itself: the producer warpgroup gathers
+// each tile's rows (row permuted_to_expanded[p] / top_k; padding rows skipped) with 16-byte
+// cp.async into the swizzled stage. GEMM2's A is h [rows, K], already in permuted order, loaded by
+// TMA as BM-row boxes. B is w viewed as [E * w_rows, K], loaded by TMA. Epilogues (rows whose
+// permuted_to_expanded is -1 are padding and never written):
 //   SwiGLU:     h[p, j]      = silu(acc_gate + b1[e, j]) * (acc_up + b1[e, I + j])
 //               (a tile's B holds BN/2 gate rows, then the BN/2 matching up rows)
 //   Store:      y[p, n]      = acc + b2[e, n]
 //   ScatterAdd: out[tok, n] += w(p) * (acc + b2[e, n]), tok = permuted_to_expanded[p] / top_k;
 //               K may be split across units (the atomics sum the partials; split 0 adds the bias).
-// Each epilogue stages its 64-row slab through shared memory so that every global store or
-// reduction is a coalesced 16-byte vector.
+// Each warpgroup's epilogue stages its 64-row slab through shared memory so that every global store
+// or reduction is a coalesced 16-byte vector.
+#pragma once
 #include "../common/async.cuh"
 #include "wgmma.cuh"
 
 namespace sm90 {
 
-constexpr int BM = 128;  // two consumer warpgroups of 64 rows
-constexpr int BK = 64;   // one 128-byte swizzled row of 16-bit elements
+constexpr int BK = 64;  // one 128-byte swizzled row of 16-bit elements
 constexpr int THREADS = 384;
 constexpr int PRODUCER_REGS = 40;
 constexpr int CONSUMER_REGS = 232;
 constexpr int CONSUMER_WARPS = 8;
-constexpr int GROUP_N = 8;                       // n tiles walked together (L2 reuse of A and B)
-constexpr int GATHER_ROWS_PER_THREAD = BM / 32;  // 4 threads copy each 128-byte row of a stage
-constexpr int STAGING_ROW_BYTES = 128;           // epilogue pass: 128 bytes of each of 64 rows
-constexpr int STAGING_PITCH = 128 + 16;          // padded: fragment writes hit distinct banks
+constexpr int GROUP_N = 8;                 // n tiles walked together (L2 reuse of A and B)
+constexpr int GATHER_THREADS_PER_ROW = 4;  // of a 128-byte row of a stage
+constexpr int STAGING_ROW_BYTES = 128;     // epilogue pass: 128 bytes of each of 64 rows
+constexpr int STAGING_PITCH = 128 + 16;    // padded: fragment writes hit distinct banks
 constexpr int ELEM_BYTES = 2;
 
 enum class Epilogue { SwiGLU, Store, ScatterAdd };
 
-template <int BN, int STAGES>
+// How a BM x BN tile is shared by the two consumer warpgroups: each issues m64 x WG_N MMAs on
+// its rows (A) and columns (B) of the stage.
+template <int BM, int BN>
+struct Split {
+  static_assert(BM == 64 || BM == 128, "64- or 128-row tiles");
+  static constexpr int WG_N = BM == 128 ? BN : BN / 2;
+  static constexpr int SLICES = BN / WG_N;  // of B's rows (the tile's columns)
+  DEV static int a_row(int c) { return BM == 128 ? 64 * c : 0; }
+  DEV static int slice(int c) { return BM == 128 ? 0 : c; }
+  DEV static int b_row(int c) { return slice(c) * WG_N; }
+};
+
+template <int BM, int BN, int STAGES>
 struct Layout {
   static constexpr int A_STAGE_BYTES = BM * BK * ELEM_BYTES;
   static constexpr int B_STAGE_BYTES = BN * BK * ELEM_BYTES;
@@ -44,6 +59,7 @@ struct Layout {
   static constexpr int BARRIER_OFFSET = STAGING_OFFSET + 2 * 64 * STAGING_PITCH;
   static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
   static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 2048 == 0, "swizzle atoms");
+  static_assert(Split<BM, BN>::WG_N >= 64, "wgmma.cuh has N = 64, 128, 256");
   static_assert(BYTES <= 232448, "exceeds the 227 KiB of shared memory per block");
 };
 
@@ -134,7 +150,7 @@ DEV void stage_pass(const float (&acc)[BN / 2], int pass, int first_col, int N,
   }
 }
 
-template <typename Elem, int BN, int STAGES, Epilogue EPI, typename OutT>
+template <typename Elem, int BM, int BN, int STAGES, Epilogue EPI, typename OutT>
 DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const TmaDesc* b_desc,
                       const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
                       const int* __restrict__ expert_offsets, int num_local_experts,
@@ -142,9 +158,12 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
                       const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
                       int top_k, int k_splits, Vec16* __restrict__ zero, i64 zero_vectors) {
   constexpr bool GATHER_A = EPI == Epilogue::SwiGLU;  // A: x's rows (else a_desc's boxes)
-  using L = Layout<BN, STAGES>;
-  using E = Epi<BN, EPI, OutT>;
-  constexpr int ACC = BN / 2;
+  using L = Layout<BM, BN, STAGES>;
+  using S = Split<BM, BN>;
+  using E = Epi<S::WG_N, EPI, OutT>;  // one warpgroup's epilogue
+  constexpr int TILE_OUT_COLS = Epi<BN, EPI, OutT>::OUT_COLS;
+  constexpr int ACC = S::WG_N / 2;
+  constexpr int GATHER_ROWS_PER_THREAD = BM * GATHER_THREADS_PER_ROW / 128;
 
   // 1024-byte alignment: the 128-byte swizzle repeats every 1024 bytes (TMA and wgmma agree on
   // the pattern only from such a base).
@@ -164,7 +183,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
 
   Schedule sched;
   sched.num_m = expert_offsets[num_local_experts] / BM;
-  sched.num_n = (N + E::OUT_COLS - 1) / E::OUT_COLS;
+  sched.num_n = (N + TILE_OUT_COLS - 1) / TILE_OUT_COLS;
   sched.k_blocks = (K + BK - 1) / BK;
   sched.k_splits = k_splits;
   sched.k_per_split = (sched.k_blocks + k_splits - 1) / k_splits;
@@ -181,11 +200,12 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
         if (!GATHER_A) tma_prefetch_desc(a_desc);
         tma_prefetch_desc(b_desc);
       }
-      const int quarter = threadIdx.x % 4, first_row = threadIdx.x / 4;
+      const int quarter = threadIdx.x % GATHER_THREADS_PER_ROW;
+      const int first_row = threadIdx.x / GATHER_THREADS_PER_ROW;
       RingState<STAGES> ring;
       for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
         const Unit unit = sched.unit(u);
-        const int b_row = tile_expert[unit.m] * w_rows + unit.n * E::OUT_COLS;
+        const int b_row = tile_expert[unit.m] * w_rows + unit.n * TILE_OUT_COLS;
         int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
         if (GATHER_A) {
 #pragma unroll
@@ -202,8 +222,16 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
           if (threadIdx.x == 0) {
             mbar_arrive_expect_tx(bar, (GATHER_A ? 0 : L::A_STAGE_BYTES) + L::B_STAGE_BYTES);
             if (EPI == Epilogue::SwiGLU) {
-              tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
-              tma_load_2d(b_tile + L::B_STAGE_BYTES / 2, b_desc, bar, kb * BK, b_row + N);
+              // Each warpgroup's slice of B: its WG_N/2 gate rows, then the matching up rows.
+              constexpr int HALF_SLICE = S::WG_N / 2;
+#pragma unroll
+              for (int s = 0; s < S::SLICES; ++s) {
+                unsigned char* slice = b_tile + s * S::WG_N * BK * ELEM_BYTES;
+                const int gate_row = b_row + s * HALF_SLICE;
+                tma_load_2d(slice, b_desc, bar, kb * BK, gate_row);
+                tma_load_2d(slice + HALF_SLICE * BK * ELEM_BYTES, b_desc, bar, kb * BK,
+                            gate_row + N);
+              }
             } else {
               tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
               tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
@@ -237,7 +265,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
     return;
   }
 
-  // ---- consumers: warpgroup c computes rows [64c, 64c + 64) of each tile -----------------------
+  // ---- consumers: warpgroup c computes its part of each tile (Split) --------------------------
   regs_alloc<CONSUMER_REGS>();
   const int c = warpgroup - 1;
   const int t = threadIdx.x % 128, lane = t % 32, warp = t / 32;
@@ -249,7 +277,8 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
     // The epilogue's row lookups are issued before the main loop, which hides their latency:
     // the slots of this thread's write-out rows, and (ScatterAdd) of its fragment rows, whose
     // router weights load once the first MMAs are issued.
-    const int row_base = unit.m * BM + c * 64;
+    const int row_base = unit.m * BM + S::a_row(c);
+    const int first_col = unit.n * TILE_OUT_COLS + S::slice(c) * E::OUT_COLS;
     int out_expanded[E::STEPS];
 #pragma unroll
     for (int i = 0; i < E::STEPS; ++i)
@@ -266,13 +295,14 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
       mbar_wait(&inputs_ready[ring.stage], ring.phase);
       if (GATHER_A) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
       const u64 a = smem_desc_sw128(smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES +
-                                    c * 64 * BK * ELEM_BYTES);
-      const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES);
+                                    S::a_row(c) * BK * ELEM_BYTES);
+      const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES +
+                                    S::b_row(c) * BK * ELEM_BYTES);
       wgmma_fence();
 #pragma unroll
       for (int k16 = 0; k16 < BK / 16; ++k16) {
-        wgmma_m64nNk16<BN>(acc, smem_desc_advance_k16(a, k16), smem_desc_advance_k16(b, k16),
-                           kb > unit.k_begin || k16 > 0, (Elem*)nullptr);
+        wgmma_m64nNk16<S::WG_N>(acc, smem_desc_advance_k16(a, k16), smem_desc_advance_k16(b, k16),
+                                kb > unit.k_begin || k16 > 0, (Elem*)nullptr);
       }
       wgmma_commit();
       if (EPI == Epilogue::ScatterAdd && kb == unit.k_begin) {
@@ -299,15 +329,15 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
     for (int pass = 0; pass < E::OUT_COLS / E::PASS_COLS; ++pass) {
       // The bias-free case (the usual one) gets its own copy, free of per-element bias checks.
       if (expert_bias) {
-        stage_pass<BN, EPI, OutT, true>(acc, pass, unit.n * E::OUT_COLS, N, expert_bias, row_scale,
-                                        staging, warp, lane);
+        stage_pass<S::WG_N, EPI, OutT, true>(acc, pass, first_col, N, expert_bias, row_scale,
+                                             staging, warp, lane);
       } else {
-        stage_pass<BN, EPI, OutT, false>(acc, pass, unit.n * E::OUT_COLS, N, expert_bias, row_scale,
-                                         staging, warp, lane);
+        stage_pass<S::WG_N, EPI, OutT, false>(acc, pass, first_col, N, expert_bias, row_scale,
+                                              staging, warp, lane);
       }
       named_barrier_sync(1 + c, 128);
       const int chunk = t % E::CHUNKS_PER_ROW;
-      const int col = unit.n * E::OUT_COLS + pass * E::PASS_COLS + chunk * E::CHUNK_ELEMS;
+      const int col = first_col + pass * E::PASS_COLS + chunk * E::CHUNK_ELEMS;
 #pragma unroll
       for (int i = 0; i < E::STEPS; ++i) {
         if (!dst_row[i] || col >= N) continue;
@@ -326,37 +356,30 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
 
 }  // namespace sm90
 
-// Entry points: one per (dtype, BN, variant). Launch: a persistent grid of at most one CTA per
-// SM, THREADS threads, Layout<BN, STAGES>::BYTES of dynamic shared memory; the host side
-// (moefuse/backends.py) mirrors the names and geometry. GEMM1 takes x (gathered rows), GEMM2 the
-// TMA descriptor of h.
-#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT, A_PARAM, A_DESC, X)               \
+// Entry points: one per (dtype, BM, BN, variant), instantiated by grouped_gemm_m{64,128}.cu.
+// Launch: a persistent grid of at most one CTA per SM, THREADS threads, Layout<BM, BN,
+// STAGES>::BYTES of dynamic shared memory; the host side (moefuse/backends.py) mirrors the names
+// and geometry. GEMM1 takes x (gathered rows), GEMM2 the TMA descriptor of h.
+#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, EPI, OUT, A_PARAM, A_DESC, X)           \
   extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                               \
       NAME(A_PARAM, const __grid_constant__ TmaDesc b_desc, const ELEM* bias,                  \
            const int* tile_expert, const int* expert_offsets, int num_local_experts,           \
            const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N, \
            int top_k, int k_splits, Vec16* zero, i64 zero_vectors) {                           \
-    sm90::grouped_gemm<ELEM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                            \
+    sm90::grouped_gemm<ELEM, BM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                        \
         A_DESC, X, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,              \
         permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits, zero, zero_vectors);   \
   }
-#define MOEFUSE_SM90_GEMM1(NAME, ELEM, BN, STAGES) \
-  MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, SwiGLU, ELEM, const ELEM* x, nullptr, x)
-#define MOEFUSE_SM90_GEMM2(NAME, ELEM, BN, STAGES, EPI, OUT)                                   \
-  MOEFUSE_SM90_ENTRY(NAME, ELEM, BN, STAGES, EPI, OUT, const __grid_constant__ TmaDesc a_desc, \
+#define MOEFUSE_SM90_GEMM1(NAME, ELEM, BM, BN, STAGES) \
+  MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, SwiGLU, ELEM, const ELEM* x, nullptr, x)
+#define MOEFUSE_SM90_GEMM2(NAME, ELEM, BM, BN, STAGES, EPI, OUT)                                   \
+  MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, EPI, OUT, const __grid_constant__ TmaDesc a_desc, \
                      &a_desc, (const ELEM*)nullptr)
 
-#define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BN, STAGES)                                              \
-  MOEFUSE_SM90_GEMM1(sm90_gemm1_swiglu_##TAG##_n##BN, ELEM, BN, STAGES)                          \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_store_##TAG##_n##BN, ELEM, BN, STAGES, Store, ELEM)              \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_n##BN##_out_##TAG, ELEM, BN, STAGES, ScatterAdd, \
-                     ELEM)                                                                       \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_n##BN##_out_f32, ELEM, BN, STAGES, ScatterAdd,   \
-                     float)
-
-MOEFUSE_SM90_ENTRIES(bf16, Bf16, 64, 8)
-MOEFUSE_SM90_ENTRIES(bf16, Bf16, 128, 6)
-MOEFUSE_SM90_ENTRIES(bf16, Bf16, 256, 4)
-MOEFUSE_SM90_ENTRIES(f16, F16, 64, 8)
-MOEFUSE_SM90_ENTRIES(f16, F16, 128, 6)
-MOEFUSE_SM90_ENTRIES(f16, F16, 256, 4)
+#define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BM, BN, STAGES)                                          \
+  MOEFUSE_SM90_GEMM1(sm90_gemm1_swiglu_##TAG##_m##BM##_n##BN, ELEM, BM, BN, STAGES)              \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_store_##TAG##_m##BM##_n##BN, ELEM, BM, BN, STAGES, Store, ELEM)  \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_##TAG, ELEM, BM, BN, STAGES, \
+                     ScatterAdd, ELEM)                                                           \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_f32, ELEM, BM, BN, STAGES,   \
+                     ScatterAdd, float)
