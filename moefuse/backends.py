@@ -152,28 +152,29 @@ class Sm90:
     def _a_desc(self, a, plan) -> object:
         return _tma.tile_desc(a, plan.tile_m)
 
-    def _tiles(self, plan, n: int, depth: int, swiglu: bool, can_split: bool) -> tuple[int, int]:
+    def _tiles(self, plan, n: int, depth: int, swiglu: bool, max_splits: int) -> tuple[int, int]:
         sms = _device.multiprocessor_count(_device.require_gpu())
         widths = self.tile_widths(plan.tile_m)
-        return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, can_split, widths)
+        return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, max_splits, widths)
 
     def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None) -> None:
         """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), the kernel gathering x's rows; also
         zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
-        bn, _ = self._tiles(plan, inter, hidden, swiglu=True, can_split=False)
+        bn, _ = self._tiles(plan, inter, hidden, swiglu=True, max_splits=1)
         name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}_n{bn}"
         self._launch(name, bn, 1, True, x, w1, b1, plan, None, h, hidden, inter, zero)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
-        bn, _ = self._tiles(plan, n, depth, swiglu=False, can_split=False)
+        bn, _ = self._tiles(plan, n, depth, swiglu=False, max_splits=1)
         name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}"
         self._launch(name, bn, 1, False, self._a_desc(a, plan), w2, b2, plan, None, y, depth, n)
 
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
-        bn, k_splits = self._tiles(plan, n, depth, swiglu=False, can_split=True)
+        max_splits = heuristics.max_scatter_splits(plan.top_k)
+        bn, k_splits = self._tiles(plan, n, depth, swiglu=False, max_splits=max_splits)
         name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}_out_{dtype_tag(out.dtype)}"
         a_desc = self._a_desc(a, plan)
         self._launch(name, bn, k_splits, False, a_desc, w2, b2, plan, topk_weights, out, depth, n)

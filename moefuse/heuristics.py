@@ -34,24 +34,31 @@ def choose_sm90_tiles(
     depth: int,
     num_sms: int,
     swiglu: bool,
-    can_split: bool,
+    max_splits: int | None,
     widths: tuple[int, ...],
 ) -> tuple[int, int]:
     """(BN, k_splits) for a Hopper grouped GEMM with up to `max_tiles` M tiles and `n` output
     columns (SwiGLU: a BN-wide B tile makes BN/2 outputs), BN one of `widths` (widest first).
 
     The widest tile that still gives every SM a unit of work. When even the narrowest leaves SMs
-    idle (decode), a GEMM whose epilogue reduces with atomics splits K so that the units come to
-    about one per SM (each split keeps at least four 64-deep K blocks, and none is empty)."""
+    idle (decode), a GEMM whose epilogue reduces with atomics splits K (at most `max_splits`
+    ways, None for no limit) so that the units come to about one per SM (each split keeps at
+    least four 64-deep K blocks, and none is empty)."""
     for bn in widths:
         units = max_tiles * -(-n // (bn // 2 if swiglu else bn))
         if units >= num_sms:
             return bn, 1
-    if not can_split:
-        return bn, 1
     k_blocks = -(-depth // 64)
-    splits = max(1, min(round(num_sms / units), k_blocks // 4))
+    splits = max(1, min(round(num_sms / units), k_blocks // 4, max_splits or k_blocks))
     # The kernel slices K into per_split-block pieces; only as many splits as those pieces fill
     # (an empty slice would add its stale accumulators into the output).
     per_split = -(-k_blocks // splits)
     return bn, -(-k_blocks // per_split)
+
+
+def max_scatter_splits(top_k: int) -> int | None:
+    """The most K splits of the fused GEMM2 that keep its output bitwise reproducible where the
+    docs promise it: each output element receives top_k * splits atomic adds, and only two adds
+    onto zero commute (so k = 2 never splits, k = 1 up to two ways). From k = 3 the order already
+    varies, and the split count is free (None)."""
+    return 2 // top_k if top_k <= 2 else None

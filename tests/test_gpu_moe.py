@@ -135,8 +135,10 @@ def test_deterministic_path_is_bitwise_reproducible(rng):
         assert np.array_equal(first.view(np.uint16), again.view(np.uint16))
 
 
-def test_fused_path_with_two_slots_is_bitwise_reproducible(rng):
-    p = moe_problem(rng, "bf16", 1000, HIDDEN, INTER, EXPERTS, top_k=2, bias=False, skew=0.5)
+@pytest.mark.parametrize("num_tokens, hidden, inter", [(1000, HIDDEN, INTER), (1, 512, 2048)])
+def test_fused_path_with_two_slots_is_bitwise_reproducible(rng, num_tokens, hidden, inter):
+    """Also at decode, where a deep GEMM2 would split K if k were 3 or more."""
+    p = moe_problem(rng, "bf16", num_tokens, hidden, inter, EXPERTS, top_k=2, bias=False, skew=0.5)
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"])
     first = layer(d["x"], d["topk_weights"], d["topk_ids"]).get()
@@ -267,8 +269,8 @@ def test_tile_edges(rng, fused, big_expert):
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("num_tokens", [1, 3])
 def test_decode_shapes_split_k(rng, dtype, num_tokens):
-    """Few tokens and a deep GEMM2: the Hopper fused path splits K across CTAs."""
-    p = moe_problem(rng, dtype, num_tokens, 512, 2048, EXPERTS, top_k=2, bias=True)
+    """Few tokens and a deep GEMM2: the Hopper fused path splits K across CTAs (k >= 3)."""
+    p = moe_problem(rng, dtype, num_tokens, 512, 2048, EXPERTS, top_k=4, bias=True)
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
@@ -279,9 +281,9 @@ def test_decode_shapes_split_k(rng, dtype, num_tokens):
 
 
 def test_split_k_with_an_uneven_depth(rng):
-    """H=256, I=6464 at T=1: GEMM2 has 4 units and 101 K blocks, split 21 ways (never into an
-    empty slice)."""
-    p = moe_problem(rng, "bf16", 1, 256, 6464, 1, top_k=1, bias=True)
+    """H=256, I=6464 at T=1, k=3: GEMM2 has 6 units and 101 K blocks, split 21 ways (never into
+    an empty slice)."""
+    p = moe_problem(rng, "bf16", 1, 256, 6464, 3, top_k=3, bias=True)
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)

@@ -9,9 +9,10 @@ from moefuse.plan import plan_capacity
 SMS = 132
 
 
-def choose(m, n, depth, swiglu, can_split, tile_m=128):
+def choose(m, n, depth, swiglu, can_split, tile_m=128, top_k=8):
     widths = Sm90().tile_widths(tile_m)
-    return heuristics.choose_sm90_tiles(m, n, depth, SMS, swiglu, can_split, widths)
+    max_splits = heuristics.max_scatter_splits(top_k) if can_split else 1
+    return heuristics.choose_sm90_tiles(m, n, depth, SMS, swiglu, max_splits, widths)
 
 
 def tiles(num_tokens, top_k, experts):
@@ -85,3 +86,13 @@ def test_no_k_split_is_empty():
 )
 def test_hopper_tile_m_keeps_an_average_expert_in_one_tile(num_tokens, top_k, experts, tile_m):
     assert heuristics.choose_sm90_tile_m(num_tokens, top_k, experts) == tile_m
+
+
+def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies():
+    """Two atomic adds onto zero commute, more do not: with k <= 2 the fused output is promised
+    bitwise reproducible, so k * splits stays <= 2."""
+    assert [heuristics.max_scatter_splits(k) for k in (1, 2, 3, 8)] == [2, 1, None, None]
+    # Mixtral-like decode (2 M tiles, H = 4096, I = 14336): k = 8 would split, k = 2 must not.
+    assert choose(2, 4096, 14336, False, True, 64, top_k=8)[1] > 1
+    assert choose(2, 4096, 14336, False, True, 64, top_k=2)[1] == 1
+    assert choose(2, 4096, 14336, False, True, 64, top_k=1)[1] == 2
