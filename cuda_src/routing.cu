@@ -71,6 +71,15 @@ DEV int rank_in_chunk(const int* experts, int n, int self, int e, bool& last) {
   return before;
 }
 
+// Entry i of local expert e (-1: routed elsewhere) takes row `rank` of e's segment.
+DEV void place_entry(int i, int e, int rank, const int* __restrict__ expert_offsets,
+                     int* __restrict__ permuted_to_expanded,
+                     int* __restrict__ expanded_to_permuted) {
+  const int p = e >= 0 ? expert_offsets[e] + rank : -1;
+  if (e >= 0) permuted_to_expanded[p] = i;
+  expanded_to_permuted[i] = p;
+}
+
 DEV void fill_unrouted(int* tile_expert, int max_tiles, int* permuted_to_expanded, int capacity,
                        int thread, int threads) {
   for (int t = thread; t < max_tiles; t += threads) tile_expert[t] = -1;
@@ -177,13 +186,9 @@ DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_
   write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
   __syncthreads();
   if (i >= n_expanded) return;
-  int p = -1;
-  if (e >= 0) {
-    bool last;
-    p = expert_offsets[e] + rank_in_chunk(experts, n_expanded, i, e, last);
-    permuted_to_expanded[p] = i;
-  }
-  expanded_to_permuted[i] = p;
+  bool last;
+  const int rank = e >= 0 ? rank_in_chunk(experts, n_expanded, i, e, last) : 0;
+  place_entry(i, e, rank, expert_offsets, permuted_to_expanded, expanded_to_permuted);
 }
 
 // The one-launch plans' entry points: NAME runs FN in one block of at most THREADS threads.
@@ -251,11 +256,9 @@ DEV void plan_one_block(const IdT* __restrict__ topk_ids, int n_expanded, int fi
 #pragma unroll
   for (int pass = 0; pass < PLAN_BLOCK_PASSES; ++pass) {
     const int i = pass * threads + threadIdx.x;
-    if (i >= n_expanded) continue;
-    const int e = expert[pass];
-    const int p = e >= 0 ? expert_offsets[e] + rank[pass] : -1;
-    if (e >= 0) permuted_to_expanded[p] = i;
-    expanded_to_permuted[i] = p;
+    if (i < n_expanded)
+      place_entry(i, expert[pass], rank[pass], expert_offsets, permuted_to_expanded,
+                  expanded_to_permuted);
   }
 }
 
@@ -271,12 +274,8 @@ DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int firs
   const int i = blockIdx.x * PLAN_CHUNK + threadIdx.x;
   if (i >= n_expanded) return;
   const int e = local_expert(topk_ids, i, first_expert, num_local);
-  int p = -1;
-  if (e >= 0) {
-    p = expert_offsets[e] + chunk_prefix[(i64)e * num_chunks + blockIdx.x] + rank[i];
-    permuted_to_expanded[p] = i;
-  }
-  expanded_to_permuted[i] = p;
+  const int row = e >= 0 ? chunk_prefix[(i64)e * num_chunks + blockIdx.x] + rank[i] : 0;
+  place_entry(i, e, row, expert_offsets, permuted_to_expanded, expanded_to_permuted);
 }
 
 #define MOEFUSE_PLAN_SCATTER_ENTRY(NAME, IDT)                                                    \
