@@ -1,0 +1,102 @@
+"""A/B of the Hopper tile choice on whole forwards, in one process on one GPU.
+
+    python tools/ab_tiles.py --cases qwen3:16,mixtral:1024 --variants m128,m64,m64n128
+
+A variant forces the M tile (m64 / m128) and optionally a single BN (n128, ...) in place of the
+heuristics. Rounds alternate between the variants; every forward is timed after an L2 flush, as
+a CUDA-graph replay for T <= 128. Prints each case's median ms per variant and its ratio to the
+first variant; outputs must agree with the first variant's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import cupy as cp
+import ml_dtypes
+import numpy as np
+
+import moefuse
+from moefuse import heuristics
+from moefuse.backends import Sm90
+
+SHAPES = {"mixtral": (4096, 14336, 8, 2), "deepseek": (7168, 2048, 256, 8), "qwen3": (2048, 768, 128, 8)}
+GRAPH_MAX_TOKENS = 128
+
+
+def force(variant: str) -> None:
+    tile_m, _, bn = variant[1:].partition("n")
+    heuristics.choose_sm90_tile_m = lambda *_: int(tile_m)
+    widths = Sm90.tile_widths
+    Sm90.tile_widths = (lambda self, m: (int(bn),)) if bn else widths
+
+
+def time_case(shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int) -> dict[str, float]:
+    hidden, inter, experts, top_k = SHAPES[shape]
+    rng = np.random.default_rng(0)
+
+    def randn(*dims, scale=1.0):
+        return (cp.random.standard_normal(dims, dtype=cp.float32) * scale).astype(ml_dtypes.bfloat16)
+
+    layer = moefuse.MoELayer(
+        randn(experts, 2 * inter, hidden, scale=hidden**-0.5),
+        randn(experts, hidden, inter, scale=inter**-0.5),
+    )
+    x = randn(num_tokens, hidden)
+    ids = cp.asarray(np.argsort(rng.random((num_tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
+    weights = cp.full((num_tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    flush = cp.empty(256 << 20, dtype=cp.uint8)
+    cp.cuda.Device().synchronize()  # the inputs were made on the legacy stream
+    stream = cp.cuda.Stream(non_blocking=True)
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    reference = None
+    original = (heuristics.choose_sm90_tile_m, Sm90.tile_widths)
+    with stream:
+        for _ in range(rounds):
+            for variant in variants:
+                force(variant)
+                out = layer(x, weights, ids)
+                result = out.astype(cp.float32)
+                reference = result if reference is None else reference
+                diff = float(cp.linalg.norm(result - reference) / cp.linalg.norm(reference))
+                assert diff < 1e-2, f"{variant}: output differs from {variants[0]}'s by {diff:.3g}"
+                graph = None
+                if num_tokens <= GRAPH_MAX_TOKENS:
+                    stream.begin_capture()
+                    layer(x, weights, ids, out=out)
+                    graph = stream.end_capture()
+                for _ in range(reps):
+                    flush.fill(0)
+                    start, end = cp.cuda.Event(), cp.cuda.Event()
+                    start.record(stream)
+                    if graph:
+                        graph.launch(stream)
+                    else:
+                        layer(x, weights, ids, out=out)
+                    end.record(stream)
+                    end.synchronize()
+                    samples[variant].append(cp.cuda.get_elapsed_time(start, end))
+                heuristics.choose_sm90_tile_m, Sm90.tile_widths = original
+    return {v: statistics.median(s) for v, s in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default="qwen3:16,qwen3:1024", help="shape:T, comma-separated")
+    parser.add_argument("--variants", default="m128,m64", help="m64 / m128, optionally nBN")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    print(moefuse.gpu_name())
+    for case in args.cases.split(","):
+        shape, tokens = case.split(":")
+        ms = time_case(shape, int(tokens), variants, args.rounds, args.reps)
+        base = ms[variants[0]]
+        cells = "  ".join(f"{v} {m:.4f} ms ({m / base:.3f})" for v, m in ms.items())
+        print(f"{shape:9} T={int(tokens):6}  {cells}")
+
+
+if __name__ == "__main__":
+    main()
