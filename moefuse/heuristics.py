@@ -2,7 +2,8 @@
 
 tile_m (the M extent of a grouped-GEMM tile, and the padding unit of each expert's segment):
 64 for decode and small batches (less padding to multiply), else 128 (twice the reuse of every
-weight tile loaded). The portable kernels switch at 128 rows per expert, the Hopper ones at 48.
+weight tile loaded). The portable kernels switch at 128 rows per expert; the Hopper ones keep 64
+only while an expert's rows fit one tile (choose_sm90_tile_m).
 """
 
 from __future__ import annotations
@@ -17,15 +18,24 @@ def choose_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
 
 
 SM90_LARGE_TILE_FROM_ROWS = 48
+SM90_SMALL_TILE_MIN_EXPERTS = 64
 
 
 def choose_sm90_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> int:
-    """The Hopper kernels' M tile: 64 while the average expert's rows fit one 64-row tile with
-    room for a random routing's spread (fewer than 48 rows), halving the padding rows that the
-    MMAs multiply; else 128. An expert needing two 64-row tiles reads its weights twice: at 64
-    rows per expert (Qwen3 T=1024), 64-row tiles measured 10% slower (docs/PERF.md)."""
+    """The Hopper kernels' M tile. 64 rows halve the padding rows that the MMAs multiply, and pay
+    as long as each expert's rows fit one tile; an expert needing two reads its weights twice
+    (Qwen3 T=1024, 64 rows per expert: 64-row tiles measured 5-10% slower, docs/PERF.md).
+
+    So 64 when no expert can get more than 64 rows (T <= 64), or when the average expert has
+    fewer than 48 (room for a random routing's spread) and there are enough experts that a hot
+    one's extra tiles are a small part of the grid. With few experts, skewed routing turns the
+    extra tiles into an extra wave: Mixtral T=128 with half the tokens on one expert ran 9
+    tiles x 16 on 132 SMs, 92% -> 85% of the floor."""
+    if num_tokens <= SMALL_TILE_M:
+        return SMALL_TILE_M
     rows_per_expert = num_tokens * top_k / num_local_experts
-    return SMALL_TILE_M if rows_per_expert < SM90_LARGE_TILE_FROM_ROWS else LARGE_TILE_M
+    many_experts = num_local_experts >= SM90_SMALL_TILE_MIN_EXPERTS
+    return SMALL_TILE_M if rows_per_expert < SM90_LARGE_TILE_FROM_ROWS and many_experts else LARGE_TILE_M
 
 
 def choose_sm90_tiles(

@@ -246,13 +246,17 @@ def test_gpu_argument_errors_name_the_argument(rng):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("big_expert", [0, 600])
-def test_tile_edges(rng, fused, big_expert):
-    """Experts with 1 row, exactly one 64- and one 128-row tile, one row past each, and none;
-    `big_expert` rows on a sixth expert lift the rows per expert from 64-row tiles to 128."""
+@pytest.mark.parametrize("tile_m", [64, 128])
+def test_tile_edges(rng, monkeypatch, fused, tile_m):
+    """Experts with 1 row, exactly one 64- and one 128-row tile, one row past each, and none,
+    at each M tile (forced in place of the heuristics)."""
     import cupy
 
-    counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64, 5: big_expert, 6: 65}
+    from moefuse import heuristics
+
+    monkeypatch.setattr(heuristics, "choose_tile_m", lambda *_: tile_m)
+    monkeypatch.setattr(heuristics, "choose_sm90_tile_m", lambda *_: tile_m)
+    counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64, 5: 65}
     ids = np.concatenate([np.full(c, e, dtype=np.int32) for e, c in counts.items()])
     ids = rng.permutation(ids)[:, None]
     p = moe_problem(rng, "bf16", ids.shape[0], HIDDEN, INTER, len(counts), top_k=1, bias=True)

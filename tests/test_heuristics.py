@@ -81,7 +81,10 @@ def test_no_k_split_is_empty():
         (1024, 8, 256, 64),  # DeepSeek-V3 T=1024: 32 rows per expert fit one 64-row tile
         (1024, 8, 128, 128),  # Qwen3 T=1024: 64 rows per expert would need two
         (4096, 8, 256, 128),
-        (128, 2, 8, 64),  # Mixtral T=128
+        (16, 2, 8, 64),  # Mixtral T=16: no expert can get more than 64 rows
+        (64, 2, 8, 64),
+        (128, 2, 8, 128),  # Mixtral T=128: a hot expert's second tile would be an extra wave
+        (128, 8, 128, 64),  # Qwen3 T=128: many experts
     ],
 )
 def test_hopper_tile_m_keeps_an_average_expert_in_one_tile(num_tokens, top_k, experts, tile_m):

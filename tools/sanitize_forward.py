@@ -26,9 +26,11 @@ def main() -> None:
     for tile_m in (64, 128):
         moefuse.plan(ids, experts, tile_m=tile_m)
     layer = moefuse.MoELayer(w1[4:12], w2[4:12], b1[4:12], b2[4:12], first_expert=4, num_experts=experts)
+    decode = 48  # tokens: the Hopper kernels' 64-row tiles (the full batch takes 128-row tiles)
     for fused in (True, False):
         layer(x, weights, ids, fused_finalize=fused)
         layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
+        layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
     many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
     big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
     big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
