@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import ACTIVATION_DTYPES, BFLOAT16, FLOAT16, FLOAT32
+from .heuristics import LARGE_TILE_M, SMALL_TILE_M
 
 ACTIVATIONS = ("swiglu",)
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -78,7 +79,7 @@ def check_expert_range(num_experts, first_expert, num_local_experts) -> int:
     return int(num_local_experts)
 
 
-TILE_M_CHOICES = (64, 128)
+TILE_M_CHOICES = (SMALL_TILE_M, LARGE_TILE_M)
 
 
 def check_tile_m(tile_m) -> None:

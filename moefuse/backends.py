@@ -188,13 +188,6 @@ def _native(capability: tuple[int, int]) -> str:
     return "sm90" if capability == (9, 0) else "sm80"
 
 
-def for_plan(plan):
-    """The backend that runs GEMMs over `plan`: the device's, unless only the portable kernels
-    have the plan's M tile."""
-    backend = for_device(_device.require_gpu())
-    return backend if plan.tile_m in backend.TILE_M else _BACKENDS["sm80"]
-
-
 def for_device(device_id: int):
     """The backend for this device: the native one, or `MOEFUSE_BACKEND` if it can run here."""
     native = _native(_device.compute_capability(device_id))

@@ -45,8 +45,8 @@ def plan(
 ) -> RoutingPlan:
     """The routing plan for `topk_ids [T, k]` over local experts
     `[first_expert, first_expert + num_local_experts)`; other ids (and ids < 0) are skipped.
-    `tile_m` (64 or 128) defaults to what the device's GEMM backend wants (see
-    `moefuse.heuristics`); the Hopper kernels take 128, so a 64-row plan runs the portable ones."""
+    `tile_m` (64 or 128; every backend has both) defaults to what the device's GEMM backend wants
+    (see `moefuse.heuristics`)."""
     ids = contiguous(as_device_array(topk_ids, "topk_ids"))
     num_tokens, top_k = _validate.check_topk_ids(ids)
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
@@ -95,7 +95,7 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
         require_aligned(out, "out")
     if routing.max_tiles:
-        backends.for_plan(routing).gemm2_store(a, w, bias, routing, out)
+        backends.for_device(require_gpu()).gemm2_store(a, w, bias, routing, out)
     return out
 
 

@@ -2,7 +2,7 @@
 
 import re
 
-from moefuse import _sources, kernels
+from moefuse import _sources, _validate, kernels
 from moefuse.backends import Sm80, Sm90
 
 
@@ -36,6 +36,10 @@ def test_finalize_geometry():
 def test_portable_gemm_geometry():
     c = cuda_constants(cuda_source("sm80_grouped_gemm"))
     assert (c["BN"], c["BK"], c["STAGES"], c["THREADS"]) == (Sm80.BN, Sm80.BK, Sm80.STAGES, Sm80.THREADS)
+
+
+def test_every_backend_runs_every_tile_m_a_plan_may_have():
+    assert Sm80.TILE_M == Sm90.TILE_M == _validate.TILE_M_CHOICES
 
 
 def test_hopper_gemm_geometry():

@@ -79,12 +79,6 @@ DEV void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;
 DEV void named_barrier_sync(u32 id, u32 threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
-DEV bool elect_one() {
-  u32 elected;
-  asm volatile("{\n\t.reg .pred e;\n\telect.sync _|e, 0xffffffff;\n\tselp.u32 %0, 1, 0, e;\n\t}"
-               : "=r"(elected));
-  return elected != 0;
-}
 template <u32 REGS>
 DEV void regs_dealloc() {
   static_assert(REGS >= 24 && REGS <= 256 && REGS % 8 == 0, "setmaxnreg range");
