@@ -15,8 +15,7 @@ import statistics
 from pathlib import Path
 
 import cupy as cp
-import ml_dtypes
-import numpy as np
+from forward_once import random_problem  # tools/ is the script's folder, first on sys.path
 
 import moefuse
 from moefuse import _cache, _sources
@@ -63,19 +62,7 @@ def main() -> None:
         "variant": str(args.variant.resolve().relative_to(root)),
     }
 
-    rng = np.random.default_rng(0)
-    bf16 = ml_dtypes.bfloat16
-
-    def randn(*shape, scale=1.0):
-        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(bf16)
-
-    layer = moefuse.MoELayer(
-        randn(experts, 2 * inter, hidden, scale=hidden**-0.5),
-        randn(experts, hidden, inter, scale=inter**-0.5),
-    )
-    x = randn(args.tokens, hidden)
-    ids = cp.asarray(np.argsort(rng.random((args.tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
-    weights = cp.full((args.tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     scratch = cp.empty(256 << 20, dtype=cp.uint8)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
     outputs = {}

@@ -14,8 +14,7 @@ import argparse
 import statistics
 
 import cupy as cp
-import ml_dtypes
-import numpy as np
+from forward_once import random_problem  # tools/ is the script's folder, first on sys.path
 
 import moefuse
 from moefuse import heuristics
@@ -34,18 +33,7 @@ def force(variant: str) -> None:
 
 def time_case(shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int) -> dict[str, float]:
     hidden, inter, experts, top_k = SHAPES[shape]
-    rng = np.random.default_rng(0)
-
-    def randn(*dims, scale=1.0):
-        return (cp.random.standard_normal(dims, dtype=cp.float32) * scale).astype(ml_dtypes.bfloat16)
-
-    layer = moefuse.MoELayer(
-        randn(experts, 2 * inter, hidden, scale=hidden**-0.5),
-        randn(experts, hidden, inter, scale=inter**-0.5),
-    )
-    x = randn(num_tokens, hidden)
-    ids = cp.asarray(np.argsort(rng.random((num_tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
-    weights = cp.full((num_tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, num_tokens)
     flush = cp.empty(256 << 20, dtype=cp.uint8)
     cp.cuda.Device().synchronize()  # the inputs were made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)

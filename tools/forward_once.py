@@ -12,6 +12,24 @@ import numpy as np
 import moefuse
 
 
+def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens: int):
+    """(layer, x, topk_weights, topk_ids): random bf16 weights and tokens, each token routed to
+    top_k distinct experts with equal weights. Made on the current stream."""
+    rng = np.random.default_rng(0)
+
+    def randn(*shape, scale=1.0):
+        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(ml_dtypes.bfloat16)
+
+    layer = moefuse.MoELayer(
+        randn(experts, 2 * inter, hidden, scale=hidden**-0.5),
+        randn(experts, hidden, inter, scale=inter**-0.5),
+    )
+    x = randn(num_tokens, hidden)
+    ids = cp.asarray(np.argsort(rng.random((num_tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
+    weights = cp.full((num_tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    return layer, x, weights, ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
@@ -20,17 +38,7 @@ def main() -> None:
     parser.add_argument("--unfused", action="store_true")
     args = parser.parse_args()
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
-    rng = np.random.default_rng(0)
-
-    def randn(*shape, scale=1.0):
-        return (cp.random.standard_normal(shape, dtype=cp.float32) * scale).astype(ml_dtypes.bfloat16)
-
-    w1 = randn(experts, 2 * inter, hidden, scale=hidden**-0.5)
-    w2 = randn(experts, hidden, inter, scale=inter**-0.5)
-    layer = moefuse.MoELayer(w1, w2)
-    x = randn(args.tokens, hidden)
-    ids = cp.asarray(np.argsort(rng.random((args.tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
-    weights = cp.full((args.tokens, top_k), 1.0 / top_k, dtype=cp.float32)
+    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     for _ in range(args.iters):
         layer(x, weights, ids, fused_finalize=not args.unfused)
     cp.cuda.Device().synchronize()
