@@ -13,11 +13,15 @@ MODULES: dict[str, str] = {
     "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
     "sm90_grouped_gemm_m128": "sm90/grouped_gemm_m128.cu",
     "sm90_grouped_gemm_m64": "sm90/grouped_gemm_m64.cu",
+    "sm90_swapped_bf16": "sm90/swapped_bf16.cu",
+    "sm90_swapped_f16": "sm90/swapped_f16.cu",
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
 MODULE_ARCHS: dict[str, tuple[str, ...]] = {
     "sm90_grouped_gemm_m128": ("sm_90a",),
     "sm90_grouped_gemm_m64": ("sm_90a",),
+    "sm90_swapped_bf16": ("sm_90a",),
+    "sm90_swapped_f16": ("sm_90a",),
 }
 
 

@@ -21,33 +21,57 @@ def _driver():
 
 
 @lru_cache(maxsize=256)
-def _encode(ptr: int, rows: int, cols: int, is_bf16: bool, box_rows: int) -> np.void:
+def _encode(
+    ptr: int, dims: tuple[int, ...], strides: tuple[int, ...], box: tuple[int, ...], is_bf16: bool
+) -> np.void:
+    """A tiled map of a 16-bit tensor: `dims` and `box` innermost first, `strides` in bytes for
+    dims[1:]. 128-byte swizzle; out-of-bounds elements load as zeros."""
     driver = _driver()
     types = driver.CUtensorMapDataType
     u32, u64 = driver.cuuint32_t, driver.cuuint64_t
     err, tensor_map = driver.cuTensorMapEncodeTiled(
         types.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if is_bf16 else types.CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-        2,
+        len(dims),
         ptr,
-        [u64(cols), u64(rows)],  # innermost first
-        [u64(cols * 2)],  # row stride in bytes
-        [u32(BOX_COLS), u32(box_rows)],
-        [u32(1), u32(1)],
+        [u64(d) for d in dims],
+        [u64(s) for s in strides],
+        [u32(b) for b in box],
+        [u32(1)] * len(dims),
         driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         driver.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
         driver.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
         driver.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,  # out of bounds -> 0
     )
     if err != driver.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"cuTensorMapEncodeTiled({rows}x{cols}, box {box_rows}) failed: {err}")
+        raise RuntimeError(f"cuTensorMapEncodeTiled(dims {dims}, box {box}) failed: {err}")
     return np.frombuffer(ctypes.string_at(tensor_map.getPtr(), 128), dtype="V128")[0]
+
+
+def _is_bf16(array) -> bool:
+    from ._arrays import BFLOAT16
+
+    return np.dtype(array.dtype) == BFLOAT16
 
 
 def tile_desc(matrix, box_rows: int) -> np.void:
     """Descriptor of a row-major 16-bit matrix (any leading dims flattened into rows), loaded in
     boxes of `box_rows` rows x 64 columns with the 128-byte swizzle."""
-    from ._arrays import BFLOAT16
-
     cols = matrix.shape[-1]
     rows = matrix.size // cols
-    return _encode(matrix.data.ptr, rows, cols, np.dtype(matrix.dtype) == BFLOAT16, box_rows)
+    return _encode(matrix.data.ptr, (cols, rows), (cols * 2,), (BOX_COLS, box_rows), _is_bf16(matrix))
+
+
+GATE_UP_GROUP = 8  # features per group of gate rows, then up rows, in a swapped GEMM1 tile
+
+
+def gate_up_groups_desc(w1, groups: int) -> np.void:
+    """Descriptor of w1 [E, 2I, H] (gate rows [0, I), up rows [I, 2I)) seen as (H, 8, 2, I/8, E):
+    a box of 64 columns x `groups` groups holds, group after group, the 8 gate rows of 8
+    consecutive features then their 8 up rows (cuda_src/sm90/swapped.cuh, GEMM1's A tile)."""
+    experts, two_inter, hidden = w1.shape
+    inter = two_inter // 2
+    row = hidden * 2
+    dims = (hidden, GATE_UP_GROUP, 2, inter // GATE_UP_GROUP, experts)
+    strides = (row, inter * row, GATE_UP_GROUP * row, two_inter * row)
+    box = (BOX_COLS, GATE_UP_GROUP, 2, groups, 1)
+    return _encode(w1.data.ptr, dims, strides, box, _is_bf16(w1))

@@ -35,6 +35,10 @@ class Sm80:
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_tile_m(num_tokens, top_k, num_local_experts)
 
+    def permutes_x(self, num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
+        """Whether GEMM1 reads x in permuted order (x_perm, kernels.gather_rows) instead of x."""
+        return False
+
     def smem_bytes(self, tile_m: int) -> int:
         return self.STAGES * (tile_m + self.BN) * self.SMEM_ROW * 2
 
@@ -76,7 +80,8 @@ class Sm80:
 
 
 class Sm90:
-    """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu): a
+    """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu) and
+    swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a
     persistent grid of at most one 384-thread CTA per SM; B (and GEMM2's A) arrive by TMA, GEMM1
     gathers x's rows with cp.async."""
 
@@ -95,8 +100,30 @@ class Sm90:
     }
     STAGING_BYTES = 2 * 64 * (128 + 16)  # Layout::STAGING_*: two warpgroups' 64 padded rows
 
+    # cuda_src/sm90/swapped.cuh: weight rows per tile (BW), STAGES, TOKEN_BOX, STAGING_BYTES
+    SWAPPED_ROWS = 128
+    SWAPPED_STAGES = 4
+    SWAPPED_TOKEN_BOX = 32
+    SWAPPED_STAGING_BYTES = 64 * (32 * 4 + 16)
+
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_sm90_tile_m(num_tokens, top_k, num_local_experts)
+
+    @staticmethod
+    def uses_swapped(num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
+        """Whether the GEMMs of a layer with intermediate size `inter` run the swapped kernels
+        (which hold per-expert tables in shared memory: at most SWAPPED_MAX_EXPERTS local
+        experts)."""
+        return num_local_experts <= heuristics.SWAPPED_MAX_EXPERTS and heuristics.choose_sm90_swapped(
+            num_tokens, top_k, num_local_experts, inter
+        )
+
+    def swapped(self, plan, inter: int) -> bool:
+        return self.uses_swapped(plan.num_tokens, plan.top_k, plan.num_local_experts, inter)
+
+    def permutes_x(self, num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
+        """The swapped GEMM1 loads its token rows by TMA from x in permuted order."""
+        return self.uses_swapped(num_tokens, top_k, num_local_experts, inter)
 
     def tile_widths(self, tile_m: int) -> tuple[int, ...]:
         """The BN of the kernels with `tile_m`-row tiles, widest first."""
@@ -149,6 +176,54 @@ class Sm90:
         )
         launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(plan.tile_m, bn))
 
+    def swapped_smem_bytes(self) -> int:
+        """swapped::Layout::BYTES: the stages, two warpgroups' staging and chunk rows, the expert
+        tables, the barriers."""
+        rows, experts = heuristics.SWAPPED_MAX_ROWS, heuristics.SWAPPED_MAX_EXPERTS
+        stages = self.SWAPPED_STAGES * (self.SWAPPED_ROWS + rows) * self.BK * 2
+        tables = -(-3 * (experts + 1) * 4 // 8) * 8
+        return stages + 2 * self.SWAPPED_STAGING_BYTES + 2 * rows * 8 + tables + 2 * self.SWAPPED_STAGES * 8
+
+    def _launch_swapped(
+        self,
+        name: str,
+        swiglu: bool,
+        w_desc,
+        tokens,
+        bias,
+        plan,
+        topk_weights,
+        out,
+        depth: int,
+        n: int,
+        zero=None,
+    ) -> None:
+        """cuda_src/sm90/swapped.cuh: `tokens` (x_perm or h) is loaded in 32-row boxes. A unit is
+        one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them gate
+        rows, so half as many outputs)."""
+        fn = function(f"sm90_swapped_{dtype_tag(tokens.dtype)}", name)
+        block_out = self.SWAPPED_ROWS // 2 if swiglu else self.SWAPPED_ROWS
+        chunks = heuristics.max_expert_chunks(plan.num_tokens * plan.top_k, plan.num_local_experts)
+        units = chunks * cdiv(n, block_out)
+        grid = max(1, min(units, _device.multiprocessor_count(_device.require_gpu())))
+        args = (
+            w_desc,
+            _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX),
+            pointer(bias),
+            plan.expert_counts,
+            plan.expert_offsets,
+            i32(plan.num_local_experts),
+            plan.permuted_to_expanded,
+            pointer(topk_weights),
+            out,
+            i32(depth),
+            i32(n),
+            i32(plan.top_k),
+            pointer(zero),
+            np.int64(0 if zero is None else zero.nbytes // 16),
+        )
+        launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes())
+
     def _a_desc(self, a, plan) -> object:
         return _tma.tile_desc(a, plan.tile_m)
 
@@ -157,22 +232,38 @@ class Sm90:
         widths = self.tile_widths(plan.tile_m)
         return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, max_splits, widths)
 
-    def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None) -> None:
-        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]), the kernel gathering x's rows; also
-        zeroes `zero` if given."""
+    def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None, x_perm=None) -> None:
+        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]): the row-major kernels gather x's rows
+        themselves, the swapped ones read `x_perm` (filled by kernels.gather_rows wherever
+        `permutes_x`). Also zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
+        if self.swapped(plan, inter):
+            w_desc = _tma.gate_up_groups_desc(w1, self.SWAPPED_ROWS // 2 // _tma.GATE_UP_GROUP)
+            name = f"sm90_swapped_gemm1_swiglu_{dtype_tag(x.dtype)}"
+            self._launch_swapped(name, True, w_desc, x_perm, b1, plan, None, h, hidden, inter, zero)
+            return
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, max_splits=1)
         name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}_n{bn}"
         self._launch(name, bn, 1, True, x, w1, b1, plan, None, h, hidden, inter, zero)
 
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
+        if self.swapped(plan, depth):
+            name = f"sm90_swapped_gemm2_store_{dtype_tag(a.dtype)}"
+            w_desc = _tma.tile_desc(w2, self.SWAPPED_ROWS)
+            self._launch_swapped(name, False, w_desc, a, b2, plan, None, y, depth, n)
+            return
         bn, _ = self._tiles(plan, n, depth, swiglu=False, max_splits=1)
         name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}"
         self._launch(name, bn, 1, False, self._a_desc(a, plan), w2, b2, plan, None, y, depth, n)
 
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
+        if self.swapped(plan, depth):
+            name = f"sm90_swapped_gemm2_scatter_{dtype_tag(a.dtype)}_out_{dtype_tag(out.dtype)}"
+            w_desc = _tma.tile_desc(w2, self.SWAPPED_ROWS)
+            self._launch_swapped(name, False, w_desc, a, b2, plan, topk_weights, out, depth, n)
+            return
         max_splits = heuristics.max_scatter_splits(plan.top_k)
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, max_splits=max_splits)
         name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}_out_{dtype_tag(out.dtype)}"

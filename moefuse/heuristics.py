@@ -38,6 +38,39 @@ def choose_sm90_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> i
     return SMALL_TILE_M if rows_per_expert < SM90_LARGE_TILE_FROM_ROWS and many_experts else LARGE_TILE_M
 
 
+SWAPPED_MAX_ROWS = 256  # cuda_src/sm90/swapped.cuh: token rows per chunk (the MMA's N)
+SWAPPED_MAX_EXPERTS = 512  # ... local experts whose tables fit in its shared memory
+
+
+SWAPPED_MIN_ROWS = 96  # per expert, on average
+SWAPPED_MAX_ROWS_PER_INTER = 0.22
+
+
+def choose_sm90_swapped(num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
+    """Whether the Hopper GEMMs put the weights on the MMA's M side and each expert's tokens on
+    its N side (cuda_src/sm90/swapped.cuh). Those multiply no padding rows and read a weight tile
+    once per expert of up to 256 rows, but need x in permuted order (a gather pass) and stage
+    their epilogue in fp32.
+
+    The row-major kernels pad each expert to 128-row tiles, about 64 rows each: a fraction
+    64 / r of the work at r rows per expert. The gather pass costs about 117 / I of the two GEMMs'
+    time (it moves 2 * T*k*H*2 bytes against their 6 * T*k*H*I FLOPs, H200 ceilings). A/B on
+    whole forwards (docs/PERF.md, change 27): swapped won by 4-21% where 64 / r was at least 2.5x
+    that cost (Mixtral T = 1024, 4096; DeepSeek-V3 T = 4096) and lost by 1-12% where not (Mixtral
+    T = 16384, DeepSeek-V3 T = 16384, Qwen3 T >= 1024). Below ~96 rows per expert the row-major
+    kernels' 64-row tiles already hold the padding down (DeepSeek-V3 T = 1024: a tie).
+    So: r >= 96 and 64 / r >= 2.5 * 117 / I, i.e. r <= 0.22 * I."""
+    rows_per_expert = num_tokens * top_k / num_local_experts
+    return SWAPPED_MIN_ROWS <= rows_per_expert <= SWAPPED_MAX_ROWS_PER_INTER * inter
+
+
+def max_expert_chunks(pairs: int, num_local_experts: int) -> int:
+    """Most chunks of at most SWAPPED_MAX_ROWS rows that `pairs` routed rows make: at most
+    min(E_local, pairs) experts are hit, and sum_e ceil(c_e / 256) <= (pairs + hit * 255) / 256."""
+    hit = min(num_local_experts, pairs)
+    return (pairs + hit * (SWAPPED_MAX_ROWS - 1)) // SWAPPED_MAX_ROWS
+
+
 def choose_sm90_tiles(
     max_tiles: int,
     n: int,

@@ -18,6 +18,8 @@ PLAN_BLOCK_ENTRIES = 4 * PLAN_BLOCK_THREADS
 PLAN_BLOCK_EXPERTS = 256
 TOPK_WARPS = 8
 # permute.cu
+GATHER_WARPS = 8
+GATHER_MAX_BLOCKS = 4096
 FINALIZE_THREADS = 128
 
 NULL = np.uint64(0)
@@ -108,6 +110,16 @@ def build_plan(topk_ids, plan, rank, chunk_count) -> None:
         (num_chunks,),
         (PLAN_CHUNK,),
         (*head, rank, chunk_count, plan.expert_offsets, plan.permuted_to_expanded, plan.expanded_to_permuted),
+    )
+
+
+def gather_rows(x, plan, x_perm) -> None:
+    """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
+    grid = min(cdiv(plan.capacity, GATHER_WARPS), GATHER_MAX_BLOCKS)
+    row_vectors = x.shape[1] * x.itemsize // 16
+    args = (x, plan.permuted_to_expanded, plan.expert_offsets, i32(plan.num_local_experts))
+    function("permute", "gather_rows")(
+        (grid,), (GATHER_WARPS * 32,), (*args, i32(plan.top_k), i32(row_vectors), x_perm)
     )
 
 

@@ -62,6 +62,8 @@ class MoELayer:
         specs = plan_specs(num_tokens, top_k, num_local, tile_m)
         rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+        if backend.permutes_x(num_tokens, top_k, num_local, dims.intermediate):
+            specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
         if not fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
@@ -129,12 +131,17 @@ class MoELayer:
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where it can,
         # a memset where not.
         clear_in_gemm1 = fused and backend.CLEARS_OUT_IN_GEMM1
-        gemm1_args = (x, self.w1, self.b1, routing, h) + ((out,) if clear_in_gemm1 else ())
+        x_perm = arrays.get("x_perm")  # x in permuted order, where GEMM1 loads rows by TMA
+        gemm1_extra = {"zero": out} if clear_in_gemm1 else {}
+        if x_perm is not None:
+            gemm1_extra["x_perm"] = x_perm
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
         steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
-        steps.append(("gemm1", lambda: backend.gemm1_swiglu(*gemm1_args)))
+        if x_perm is not None:
+            steps.append(("gather", lambda: kernels.gather_rows(x, routing, x_perm)))
+        steps.append(("gemm1", lambda: backend.gemm1_swiglu(x, self.w1, self.b1, routing, h, **gemm1_extra)))
         if fused:
             if not clear_in_gemm1:
                 memset = cupy.cuda.runtime.memsetAsync

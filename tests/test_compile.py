@@ -111,6 +111,24 @@ def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, tile_m):
             assert ("F32x4" if name.endswith("f32") else "16x8") in sass, name
 
 
+@pytest.mark.parametrize("tag", ["bf16", "f16"])
+def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled, tag):
+    from moefuse import heuristics
+
+    functions = sass_functions(compiled[("sm_90a", f"sm90_swapped_{tag}")][0])
+    assert len(functions) == 4  # GEMM1, GEMM2 store, GEMM2 scatter into 16-bit and f32 outputs
+    widths = {f"HGMMA.64x{n}x16" for n in range(16, heuristics.SWAPPED_MAX_ROWS + 1, 16)}
+    for name, sass in functions.items():
+        assert all(width in sass for width in widths), f"{name} lacks an MMA width"
+        assert "UTMALDG.2D" in sass, f"{name} has no TMA load"  # token rows (and w2)
+        if "gemm1" in name:  # w1's gate/up groups as one 5-D box
+            assert "UTMALDG.5D" in sass, name
+        assert "USETMAXREG.DEALLOC" in sass and "USETMAXREG.TRY_ALLOC" in sass, name
+        assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
+        wide = "REDG.E.ADD" if "scatter" in name else "STG.E.128"
+        assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
+
+
 def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
     from moefuse.backends import Sm80, Sm90
 
@@ -126,6 +144,13 @@ def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
                 f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_f32",
             ):
                 assert name in names
+        for name in (
+            f"sm90_swapped_gemm1_swiglu_{tag}",
+            f"sm90_swapped_gemm2_store_{tag}",
+            f"sm90_swapped_gemm2_scatter_{tag}_out_{tag}",
+            f"sm90_swapped_gemm2_scatter_{tag}_out_f32",
+        ):
+            assert name in names
         for tile_m in Sm80.TILE_M:
             for name in (
                 f"gemm1_swiglu_{tag}_m{tile_m}",
@@ -135,6 +160,7 @@ def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
             ):
                 assert name in names
         assert f"finalize_{tag}_out_{tag}" in names and f"finalize_{tag}_out_f32" in names
+    assert "gather_rows" in names
     assert {
         "topk_softmax",
         "plan_rank_i32",

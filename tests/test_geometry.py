@@ -2,7 +2,7 @@
 
 import re
 
-from moefuse import _sources, _validate, kernels
+from moefuse import _sources, _validate, heuristics, kernels
 from moefuse.backends import Sm80, Sm90
 
 
@@ -12,7 +12,7 @@ def cuda_source(module: str) -> str:
 
 def cuda_constants(source: str) -> dict[str, int]:
     """`constexpr int NAME = <integer arithmetic>;` definitions of a CUDA source."""
-    found = re.findall(r"constexpr int (\w+) = ([\d +*]+);", source)
+    found = re.findall(r"constexpr int (\w+) = ([\d +*()]+);", source)
     return {name: eval(value, {"__builtins__": {}}) for name, value in found}
 
 
@@ -29,8 +29,9 @@ def test_routing_geometry():
     assert c["PLAN_CHUNK"] >= kernels.PLAN_SMALL_ENTRIES  # plan_small ranks one chunk
 
 
-def test_finalize_geometry():
-    assert cuda_constants(cuda_source("permute"))["FINALIZE_THREADS"] == kernels.FINALIZE_THREADS
+def test_permute_geometry():
+    c = cuda_constants(cuda_source("permute"))
+    assert (c["FINALIZE_THREADS"], c["GATHER_WARPS"]) == (kernels.FINALIZE_THREADS, kernels.GATHER_WARPS)
 
 
 def test_portable_gemm_geometry():
@@ -53,3 +54,15 @@ def test_hopper_gemm_geometry():
             assert stages == {key: s for key, s in Sm90.STAGES.items() if key[0] == tile_m}
     assert (c["BK"], c["THREADS"]) == (Sm90.BK, Sm90.THREADS)
     assert 2 * 64 * c["STAGING_PITCH"] == Sm90.STAGING_BYTES
+
+
+def test_swapped_hopper_gemm_geometry():
+    c = cuda_constants((_sources.source_root() / "sm90" / "swapped.cuh").read_text())
+    assert (c["BW"], c["STAGES"], c["TOKEN_BOX"], c["STAGING_BYTES"]) == (
+        Sm90.SWAPPED_ROWS,
+        Sm90.SWAPPED_STAGES,
+        Sm90.SWAPPED_TOKEN_BOX,
+        Sm90.SWAPPED_STAGING_BYTES,
+    )
+    assert (c["MAX_ROWS"], c["MAX_EXPERTS"]) == (heuristics.SWAPPED_MAX_ROWS, heuristics.SWAPPED_MAX_EXPERTS)
+    assert Sm90().swapped_smem_bytes() <= 232448  # the kernel's static_assert, mirrored

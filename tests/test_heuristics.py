@@ -99,3 +99,43 @@ def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies():
     assert choose(2, 4096, 14336, False, True, 64, top_k=8)[1] > 1
     assert choose(2, 4096, 14336, False, True, 64, top_k=2)[1] == 1
     assert choose(2, 4096, 14336, False, True, 64, top_k=1)[1] == 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_max_expert_chunks_bounds_every_routing(seed):
+    """The swapped kernels' grid is sized by max_expert_chunks: it must cover any routing."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    experts = int(rng.integers(1, 300))
+    pairs = int(rng.integers(1, 5000))
+    hot = rng.random(experts) ** 8  # skewed: a few experts take most rows
+    counts = np.bincount(rng.choice(experts, pairs, p=hot / hot.sum()), minlength=experts)
+    chunks = int(np.sum(-(-counts // heuristics.SWAPPED_MAX_ROWS)))
+    assert chunks <= heuristics.max_expert_chunks(pairs, experts)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, top_k, experts, inter, swapped",
+    [
+        (1024, 2, 8, 14336, True),  # Mixtral: 256 rows per expert, half of them padding otherwise
+        (4096, 2, 8, 14336, True),
+        (16384, 2, 8, 14336, False),  # 4096 rows per expert: little padding left to save
+        (1024, 8, 256, 2048, False),  # DeepSeek-V3: 32 rows per expert fit 64-row tiles
+        (4096, 8, 256, 2048, True),  # 128 rows per expert: 1.5x the rows in 128-row tiles
+        (16384, 8, 256, 2048, False),  # the gather pass outweighs 12% of padding at I = 2048
+        (4096, 8, 128, 768, False),  # Qwen3: the gather pass costs ~15% at I = 768
+        (64, 8, 128, 768, False),  # decode
+    ],
+)
+def test_swapped_kernels_where_the_padding_they_save_outweighs_the_gather(
+    num_tokens, top_k, experts, inter, swapped
+):
+    assert heuristics.choose_sm90_swapped(num_tokens, top_k, experts, inter) == swapped
+    assert Sm90.uses_swapped(num_tokens, top_k, experts, inter) == swapped
+
+
+def test_swapped_kernels_need_the_expert_tables_to_fit():
+    experts = heuristics.SWAPPED_MAX_EXPERTS + 1
+    assert heuristics.choose_sm90_swapped(128 * experts, 1, experts, 14336)
+    assert not Sm90.uses_swapped(128 * experts, 1, experts, 14336)

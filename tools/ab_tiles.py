@@ -1,11 +1,12 @@
 """A/B of the Hopper tile choice on whole forwards, in one process on one GPU.
 
-    python tools/ab_tiles.py --cases qwen3:16,mixtral:1024 --variants m128,m64,m64n128
+    python tools/ab_tiles.py --cases qwen3:16,mixtral:1024 --variants rows,swapped,m64n128
 
-A variant forces the M tile (m64 / m128) and optionally a single BN (n128, ...) in place of the
-heuristics. Rounds alternate between the variants; every forward is timed after an L2 flush, as
-a CUDA-graph replay for T <= 128. Prints each case's median ms per variant and its ratio to the
-first variant; outputs must agree with the first variant's.
+A variant forces a Hopper kernel family, `rows` (row-major tiles as the heuristics choose them)
+or `swapped`, or the row-major M tile (m64 / m128) and optionally a single BN (n128, ...). Rounds
+alternate between the variants; every forward is timed after an L2 flush, as a CUDA-graph replay
+for T <= 128. Prints each case's median ms per variant and its ratio to the first variant;
+outputs must agree with the first variant's.
 """
 
 from __future__ import annotations
@@ -25,21 +26,41 @@ GRAPH_MAX_TOKENS = 128
 
 
 def force(variant: str) -> None:
+    heuristics.choose_sm90_swapped = lambda *_: variant == "swapped"
+    if variant in ("swapped", "rows"):  # rows: the row-major kernels with the heuristics' tiles
+        return
     tile_m, _, bn = variant[1:].partition("n")
     heuristics.choose_sm90_tile_m = lambda *_: int(tile_m)
     widths = Sm90.tile_widths
     Sm90.tile_widths = (lambda self, m: (int(bn),)) if bn else widths
 
 
-def time_case(shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int) -> dict[str, float]:
+def time_steps(layer, x, weights, ids, out, stream) -> dict[str, float]:
+    """ms of each step of one eager forward (plan, gemm1, gemm2, ...), events between them."""
+    _, steps = layer.steps(x, weights, ids, out=out)
+    events = [cp.cuda.Event() for _ in range(len(steps) + 1)]
+    events[0].record(stream)
+    for (_, launch), event in zip(steps, events[1:], strict=True):
+        launch()
+        event.record(stream)
+    events[-1].synchronize()
+    return {
+        name: cp.cuda.get_elapsed_time(a, b)
+        for (name, _), a, b in zip(steps, events[:-1], events[1:], strict=True)
+    }
+
+
+def time_case(
+    shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int, by_step: bool
+) -> dict[str, dict[str, float]]:
     hidden, inter, experts, top_k = SHAPES[shape]
     layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, num_tokens)
     flush = cp.empty(256 << 20, dtype=cp.uint8)
     cp.cuda.Device().synchronize()  # the inputs were made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
-    samples: dict[str, list[float]] = {v: [] for v in variants}
+    samples: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     reference = None
-    original = (heuristics.choose_sm90_tile_m, Sm90.tile_widths)
+    original = (heuristics.choose_sm90_tile_m, Sm90.tile_widths, heuristics.choose_sm90_swapped)
     with stream:
         for _ in range(rounds):
             for variant in variants:
@@ -56,6 +77,10 @@ def time_case(shape: str, num_tokens: int, variants: list[str], rounds: int, rep
                     graph = stream.end_capture()
                 for _ in range(reps):
                     flush.fill(0)
+                    if by_step and not graph:
+                        for name, ms in time_steps(layer, x, weights, ids, out, stream).items():
+                            samples[variant].setdefault(name, []).append(ms)
+                        continue
                     start, end = cp.cuda.Event(), cp.cuda.Event()
                     start.record(stream)
                     if graph:
@@ -64,26 +89,33 @@ def time_case(shape: str, num_tokens: int, variants: list[str], rounds: int, rep
                         layer(x, weights, ids, out=out)
                     end.record(stream)
                     end.synchronize()
-                    samples[variant].append(cp.cuda.get_elapsed_time(start, end))
-                heuristics.choose_sm90_tile_m, Sm90.tile_widths = original
-    return {v: statistics.median(s) for v, s in samples.items()}
+                    samples[variant].setdefault("forward", []).append(cp.cuda.get_elapsed_time(start, end))
+                heuristics.choose_sm90_tile_m, Sm90.tile_widths, heuristics.choose_sm90_swapped = original
+    medians = {v: {name: statistics.median(t) for name, t in steps.items()} for v, steps in samples.items()}
+    for steps in medians.values():
+        steps.setdefault("forward", sum(steps.values()))
+    return medians
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="qwen3:16,qwen3:1024", help="shape:T, comma-separated")
-    parser.add_argument("--variants", default="m128,m64", help="m64 / m128, optionally nBN")
+    parser.add_argument("--variants", default="rows,swapped", help="rows, swapped, or m64 / m128 [nBN]")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", action="store_true", help="also time each step (eager cases)")
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(moefuse.gpu_name())
     for case in args.cases.split(","):
         shape, tokens = case.split(":")
-        ms = time_case(shape, int(tokens), variants, args.rounds, args.reps)
-        base = ms[variants[0]]
-        cells = "  ".join(f"{v} {m:.4f} ms ({m / base:.3f})" for v, m in ms.items())
+        ms = time_case(shape, int(tokens), variants, args.rounds, args.reps, args.steps)
+        base = ms[variants[0]]["forward"]
+        cells = "  ".join(f"{v} {m['forward']:.4f} ms ({m['forward'] / base:.3f})" for v, m in ms.items())
         print(f"{shape:9} T={int(tokens):6}  {cells}")
+        if args.steps:
+            for v, m in ms.items():
+                print(" " * 18 + f"{v}: " + "  ".join(f"{n} {t:.4f}" for n, t in m.items() if n != "forward"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 
 import moefuse
+from moefuse import heuristics
 
 
 def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens: int):
@@ -36,7 +37,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--unfused", action="store_true")
+    parser.add_argument(
+        "--family", choices=("auto", "rows", "swapped"), default="auto", help="Hopper kernels"
+    )
     args = parser.parse_args()
+    if args.family != "auto":
+        heuristics.choose_sm90_swapped = lambda *_: args.family == "swapped"
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     for _ in range(args.iters):

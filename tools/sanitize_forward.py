@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 
 import moefuse
+from moefuse import heuristics
 
 
 def main() -> None:
@@ -27,14 +28,16 @@ def main() -> None:
         moefuse.plan(ids, experts, tile_m=tile_m)
     layer = moefuse.MoELayer(w1[4:12], w2[4:12], b1[4:12], b2[4:12], first_expert=4, num_experts=experts)
     decode = 48  # tokens: the Hopper kernels' 64-row tiles (the full batch takes 128-row tiles)
-    for fused in (True, False):
-        layer(x, weights, ids, fused_finalize=fused)
-        layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
-        layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
     many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
     big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
     big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
-    moefuse.MoELayer(w1, w2)(big_x, big_w, many)
+    for swapped in (False, True):  # both Hopper kernel families at every size
+        heuristics.choose_sm90_swapped = lambda *_, swapped=swapped: swapped
+        for fused in (True, False):
+            layer(x, weights, ids, fused_finalize=fused)
+            layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
+            layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
+        moefuse.MoELayer(w1, w2)(big_x, big_w, many)
     cupy.cuda.Device().synchronize()
     print("sanitize_forward: done")
 

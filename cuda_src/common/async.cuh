@@ -73,6 +73,16 @@ DEV void tma_load_2d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int 
       : "memory");
 }
 
+// The 5-D box at coordinates (c0 innermost, ..., c4), laid out in shared memory innermost first.
+DEV void tma_load_5d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int c1, int c2, int c3,
+                     int c4) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6, %7}], [%2];" ::"r"(smem_u32(smem_dst)),
+      "l"(desc), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4)
+      : "memory");
+}
+
 // ---- fences, barriers, registers ----------------------------------------------------------------
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy reads.
 DEV void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }

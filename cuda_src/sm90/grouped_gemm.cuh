@@ -31,8 +31,9 @@ constexpr int CONSUMER_REGS = 232;
 constexpr int CONSUMER_WARPS = 8;
 constexpr int GROUP_N = 8;                 // n tiles walked together (L2 reuse of A and B)
 constexpr int GATHER_THREADS_PER_ROW = 4;  // of a 128-byte row of a stage
-constexpr int STAGING_ROW_BYTES = 128;     // epilogue pass: 128 bytes of each of 64 rows
-constexpr int STAGING_PITCH = 128 + 16;    // padded: fragment writes hit distinct banks
+constexpr int GATHER_ROW_STRIDE = 128 / GATHER_THREADS_PER_ROW;  // rows between a thread's rows
+constexpr int STAGING_ROW_BYTES = 128;   // epilogue pass: 128 bytes of each of 64 rows
+constexpr int STAGING_PITCH = 128 + 16;  // padded: fragment writes hit distinct banks
 constexpr int ELEM_BYTES = 2;
 
 enum class Epilogue { SwiGLU, Store, ScatterAdd };
@@ -115,6 +116,49 @@ DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
   *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
 }
 
+// The x rows a gathering producer thread copies for a tile whose permuted rows start at `first`:
+// token[i] for row threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i of the tile, -1 at
+// or past `rows` and for padding.
+template <int ROWS>
+DEV void gather_tokens(int (&token)[ROWS], const int* __restrict__ permuted_to_expanded, int first,
+                       int rows, int top_k) {
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) {
+    const int r = threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i;
+    const int expanded = r < rows ? permuted_to_expanded[first + r] : -1;
+    token[i] = expanded >= 0 ? expanded / top_k : -1;
+  }
+}
+
+// A gathering producer thread's share of one stage's K block `kb`: 16-byte chunks t % 8 (and
+// t % 8 + GATHER_THREADS_PER_ROW ...) of its rows (token -1: skipped, their results are unused)
+// into the 128-byte swizzled tile. A warp's copy instruction reads whole 128-byte rows.
+template <int ROWS, typename Elem>
+DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int (&token)[ROWS],
+                      int K, int kb) {
+#pragma unroll
+  for (int part = 0; part < 8 / GATHER_THREADS_PER_ROW; ++part) {
+    const int chunk = threadIdx.x % GATHER_THREADS_PER_ROW + GATHER_THREADS_PER_ROW * part;
+    const int col = kb * BK + chunk * 8;
+    const u32 bytes = col < K ? 16 : 0;  // K % 8 == 0: a chunk is all in or all past K
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) {
+      const int r = threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i;
+      // the 128-byte swizzle: chunk c of row r sits at chunk c ^ (r % 8)
+      if (token[i] >= 0)
+        cp_async_16(tile + r * BK * ELEM_BYTES + ((chunk ^ (r % 8)) * 16),
+                    x + (i64)token[i] * K + (bytes ? col : 0), bytes);
+    }
+  }
+}
+
+// GEMM1 of the fused path clears GEMM2's output with its producer warpgroup's spare threads.
+DEV void clear_vectors(Vec16* __restrict__ zero, i64 count) {
+  const Vec16 zeros = {{0u, 0u, 0u, 0u}};
+  for (i64 v = (i64)blockIdx.x * 128 + threadIdx.x; v < count; v += (i64)gridDim.x * 128)
+    zero[v] = zeros;
+}
+
 // Epilogue, registers -> staging for one pass: bias, SwiGLU or router scale, conversion. The
 // warpgroup's fragment rows 16 * warp + lane / 4 (+8) land in staging rows of STAGING_PITCH bytes.
 template <int BN, Epilogue EPI, typename OutT, bool HAS_BIAS, typename Elem>
@@ -163,7 +207,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
   using E = Epi<S::WG_N, EPI, OutT>;  // one warpgroup's epilogue
   constexpr int TILE_OUT_COLS = Epi<BN, EPI, OutT>::OUT_COLS;
   constexpr int ACC = S::WG_N / 2;
-  constexpr int GATHER_ROWS_PER_THREAD = BM * GATHER_THREADS_PER_ROW / 128;
+  constexpr int GATHER_ROWS_PER_THREAD = BM / GATHER_ROW_STRIDE;
 
   // 1024-byte alignment: the 128-byte swizzle repeats every 1024 bytes (TMA and wgmma agree on
   // the pattern only from such a base).
@@ -192,28 +236,18 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
   if (warpgroup == 0) {
     regs_dealloc<PRODUCER_REGS>();
     // ---- the producer: thread 0 waits for a free stage, loads B (GEMM2: and A's BM-row box) by
-    // TMA; in GEMM1 the whole warpgroup waits too, then copies the tile's x rows: thread t moves
-    // 16-byte chunks t % 4 and t % 4 + 4 of rows t / 4 + 32 i, skipping padding rows (their
-    // results are unused). A warp's copy instruction reads 64 contiguous bytes of 8 rows.
+    // TMA; in GEMM1 the whole warpgroup waits too, then copies the tile's x rows (gather_stage).
     if (GATHER_A || threadIdx.x == 0) {
       if (threadIdx.x == 0) {
         if (!GATHER_A) tma_prefetch_desc(a_desc);
         tma_prefetch_desc(b_desc);
       }
-      const int quarter = threadIdx.x % GATHER_THREADS_PER_ROW;
-      const int first_row = threadIdx.x / GATHER_THREADS_PER_ROW;
       RingState<STAGES> ring;
       for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
         const Unit unit = sched.unit(u);
         const int b_row = tile_expert[unit.m] * w_rows + unit.n * TILE_OUT_COLS;
         int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
-        if (GATHER_A) {
-#pragma unroll
-          for (int i = 0; i < GATHER_ROWS_PER_THREAD; ++i) {
-            const int expanded = permuted_to_expanded[unit.m * BM + first_row + 32 * i];
-            token[i] = expanded >= 0 ? expanded / top_k : -1;
-          }
-        }
+        if (GATHER_A) gather_tokens(token, permuted_to_expanded, unit.m * BM, BM, top_k);
         for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
           u64* bar = &inputs_ready[ring.stage];
           unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
@@ -238,29 +272,13 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
             }
           }
           if (GATHER_A) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              const int chunk = quarter + 4 * half;
-              const int col = kb * BK + chunk * 8;
-              const u32 bytes = col < K ? 16 : 0;  // K % 8 == 0: a chunk is all in or all past K
-#pragma unroll
-              for (int i = 0; i < GATHER_ROWS_PER_THREAD; ++i) {
-                const int r = first_row + 32 * i;
-                // the 128-byte swizzle: chunk c of row r sits at chunk c ^ (r % 8)
-                if (token[i] >= 0)
-                  cp_async_16(a_tile + r * BK * ELEM_BYTES + ((chunk ^ (r % 8)) * 16),
-                              x + (i64)token[i] * K + (bytes ? col : 0), bytes);
-              }
-            }
+            gather_stage(a_tile, x, token, K, kb);
             cp_async_mbar_arrive_noinc(bar);
           }
         }
       }
     }
-    // GEMM1 of the fused path clears GEMM2's output once its loads are issued.
-    const Vec16 zeros = {{0u, 0u, 0u, 0u}};
-    for (i64 v = (i64)blockIdx.x * 128 + threadIdx.x; v < zero_vectors; v += (i64)gridDim.x * 128)
-      zero[v] = zeros;
+    clear_vectors(zero, zero_vectors);  // once the loads are issued
     cp_async_wait<0>();
     return;
   }

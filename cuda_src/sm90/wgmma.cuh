@@ -28,68 +28,164 @@ DEV u64 smem_desc_advance_k16(u64 desc, int k16) { return desc + (u64)((k16 * 32
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
       "+f"(d[i + 6]), "+f"(d[i + 7])
 
-#define WGMMA_OPERANDS_N64                                 \
-  "{"                                                      \
-  "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
-  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
-#define WGMMA_ACCS_N64 WGMMA_ACC8(0), WGMMA_ACC8(8), WGMMA_ACC8(16), WGMMA_ACC8(24)
-#define WGMMA_DESCS_N64 "%32, %33"
-#define WGMMA_PRED_N64 "%34"
-#define WGMMA_OPERANDS_N128                                          \
-  "{"                                                                \
-  "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"           \
-  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31," \
-  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
-  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
-#define WGMMA_ACCS_N128                                                                         \
-  WGMMA_ACC8(0), WGMMA_ACC8(8), WGMMA_ACC8(16), WGMMA_ACC8(24), WGMMA_ACC8(32), WGMMA_ACC8(40), \
-      WGMMA_ACC8(48), WGMMA_ACC8(56)
-#define WGMMA_DESCS_N128 "%64, %65"
-#define WGMMA_PRED_N128 "%66"
-#define WGMMA_OPERANDS_N256                                                      \
-  "{"                                                                            \
-  "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                       \
-  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"             \
-  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"             \
-  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"             \
-  "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"             \
-  "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"             \
-  "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111," \
-  "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}"
-#define WGMMA_ACCS_N256                                                                         \
-  WGMMA_ACC8(0), WGMMA_ACC8(8), WGMMA_ACC8(16), WGMMA_ACC8(24), WGMMA_ACC8(32), WGMMA_ACC8(40), \
-      WGMMA_ACC8(48), WGMMA_ACC8(56), WGMMA_ACC8(64), WGMMA_ACC8(72), WGMMA_ACC8(80),           \
-      WGMMA_ACC8(88), WGMMA_ACC8(96), WGMMA_ACC8(104), WGMMA_ACC8(112), WGMMA_ACC8(120)
-#define WGMMA_DESCS_N256 "%128, %129"
-#define WGMMA_PRED_N256 "%130"
+// Operand lists of an m64nNk16 with G = N / 16 groups of 8 accumulators: the accumulators'
+// placeholders, their constraints, then the placeholders of the two descriptors and the predicate.
+#define WGMMA_REGS1 "%0,%1,%2,%3,%4,%5,%6,%7"
+#define WGMMA_REGS2 \
+  WGMMA_REGS1       \
+  ","               \
+  "%8,%9,%10,%11,%12,%13,%14,%15"
+#define WGMMA_REGS3 \
+  WGMMA_REGS2       \
+  ","               \
+  "%16,%17,%18,%19,%20,%21,%22,%23"
+#define WGMMA_REGS4 \
+  WGMMA_REGS3       \
+  ","               \
+  "%24,%25,%26,%27,%28,%29,%30,%31"
+#define WGMMA_REGS5 \
+  WGMMA_REGS4       \
+  ","               \
+  "%32,%33,%34,%35,%36,%37,%38,%39"
+#define WGMMA_REGS6 \
+  WGMMA_REGS5       \
+  ","               \
+  "%40,%41,%42,%43,%44,%45,%46,%47"
+#define WGMMA_REGS7 \
+  WGMMA_REGS6       \
+  ","               \
+  "%48,%49,%50,%51,%52,%53,%54,%55"
+#define WGMMA_REGS8 \
+  WGMMA_REGS7       \
+  ","               \
+  "%56,%57,%58,%59,%60,%61,%62,%63"
+#define WGMMA_REGS9 \
+  WGMMA_REGS8       \
+  ","               \
+  "%64,%65,%66,%67,%68,%69,%70,%71"
+#define WGMMA_REGS10 \
+  WGMMA_REGS9        \
+  ","                \
+  "%72,%73,%74,%75,%76,%77,%78,%79"
+#define WGMMA_REGS11 \
+  WGMMA_REGS10       \
+  ","                \
+  "%80,%81,%82,%83,%84,%85,%86,%87"
+#define WGMMA_REGS12 \
+  WGMMA_REGS11       \
+  ","                \
+  "%88,%89,%90,%91,%92,%93,%94,%95"
+#define WGMMA_REGS13 \
+  WGMMA_REGS12       \
+  ","                \
+  "%96,%97,%98,%99,%100,%101,%102,%103"
+#define WGMMA_REGS14 \
+  WGMMA_REGS13       \
+  ","                \
+  "%104,%105,%106,%107,%108,%109,%110,%111"
+#define WGMMA_REGS15 \
+  WGMMA_REGS14       \
+  ","                \
+  "%112,%113,%114,%115,%116,%117,%118,%119"
+#define WGMMA_REGS16 \
+  WGMMA_REGS15       \
+  ","                \
+  "%120,%121,%122,%123,%124,%125,%126,%127"
+#define WGMMA_ACCS1 WGMMA_ACC8(0)
+#define WGMMA_ACCS2 WGMMA_ACCS1, WGMMA_ACC8(8)
+#define WGMMA_ACCS3 WGMMA_ACCS2, WGMMA_ACC8(16)
+#define WGMMA_ACCS4 WGMMA_ACCS3, WGMMA_ACC8(24)
+#define WGMMA_ACCS5 WGMMA_ACCS4, WGMMA_ACC8(32)
+#define WGMMA_ACCS6 WGMMA_ACCS5, WGMMA_ACC8(40)
+#define WGMMA_ACCS7 WGMMA_ACCS6, WGMMA_ACC8(48)
+#define WGMMA_ACCS8 WGMMA_ACCS7, WGMMA_ACC8(56)
+#define WGMMA_ACCS9 WGMMA_ACCS8, WGMMA_ACC8(64)
+#define WGMMA_ACCS10 WGMMA_ACCS9, WGMMA_ACC8(72)
+#define WGMMA_ACCS11 WGMMA_ACCS10, WGMMA_ACC8(80)
+#define WGMMA_ACCS12 WGMMA_ACCS11, WGMMA_ACC8(88)
+#define WGMMA_ACCS13 WGMMA_ACCS12, WGMMA_ACC8(96)
+#define WGMMA_ACCS14 WGMMA_ACCS13, WGMMA_ACC8(104)
+#define WGMMA_ACCS15 WGMMA_ACCS14, WGMMA_ACC8(112)
+#define WGMMA_ACCS16 WGMMA_ACCS15, WGMMA_ACC8(120)
+#define WGMMA_DESCS1 "%8, %9"
+#define WGMMA_PRED1 "%10"
+#define WGMMA_DESCS2 "%16, %17"
+#define WGMMA_PRED2 "%18"
+#define WGMMA_DESCS3 "%24, %25"
+#define WGMMA_PRED3 "%26"
+#define WGMMA_DESCS4 "%32, %33"
+#define WGMMA_PRED4 "%34"
+#define WGMMA_DESCS5 "%40, %41"
+#define WGMMA_PRED5 "%42"
+#define WGMMA_DESCS6 "%48, %49"
+#define WGMMA_PRED6 "%50"
+#define WGMMA_DESCS7 "%56, %57"
+#define WGMMA_PRED7 "%58"
+#define WGMMA_DESCS8 "%64, %65"
+#define WGMMA_PRED8 "%66"
+#define WGMMA_DESCS9 "%72, %73"
+#define WGMMA_PRED9 "%74"
+#define WGMMA_DESCS10 "%80, %81"
+#define WGMMA_PRED10 "%82"
+#define WGMMA_DESCS11 "%88, %89"
+#define WGMMA_PRED11 "%90"
+#define WGMMA_DESCS12 "%96, %97"
+#define WGMMA_PRED12 "%98"
+#define WGMMA_DESCS13 "%104, %105"
+#define WGMMA_PRED13 "%106"
+#define WGMMA_DESCS14 "%112, %113"
+#define WGMMA_PRED14 "%114"
+#define WGMMA_DESCS15 "%120, %121"
+#define WGMMA_PRED15 "%122"
+#define WGMMA_DESCS16 "%128, %129"
+#define WGMMA_PRED16 "%130"
 
-// D[64 x N] (+)= A[64 x 16] * B[N x 16]^T; `accumulate` false overwrites D. Issued by a warpgroup.
-#define WGMMA_DEFINE(N, TYPE, TAG)                                                                \
-  DEV void wgmma_m64n##N##k16(float (&d)[N / 2], u64 a_desc, u64 b_desc, bool accumulate, TAG*) { \
-    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, " WGMMA_PRED_N##N                          \
-                 ", 0;\n\t"                                                                       \
-                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE                  \
-                 " " WGMMA_OPERANDS_N##N ", " WGMMA_DESCS_N##N ", p, 1, 1, 0, 0;\n\t}"            \
-                 : WGMMA_ACCS_N##N                                                                \
-                 : "l"(a_desc), "l"(b_desc), "r"((u32)accumulate));                               \
-  }
-
-WGMMA_DEFINE(64, "bf16", Bf16)
-WGMMA_DEFINE(64, "f16", F16)
-WGMMA_DEFINE(128, "bf16", Bf16)
-WGMMA_DEFINE(128, "f16", F16)
-WGMMA_DEFINE(256, "bf16", Bf16)
-WGMMA_DEFINE(256, "f16", F16)
-
-// The m64nNk16 of a compile-time N, so kernels can be templated on their tile width.
+// D[64 x N] (+)= A[64 x 16] * B[N x 16]^T on the first N / 2 registers of `d`; `accumulate`
+// false overwrites D. Issued by a warpgroup. N is any multiple of 16 up to 256 (the swapped
+// kernels size N to an expert's rows).
 template <int N, typename Tag>
-DEV void wgmma_m64nNk16(float (&d)[N / 2], u64 a_desc, u64 b_desc, bool accumulate, Tag* tag) {
-  if constexpr (N == 64) {
-    wgmma_m64n64k16(d, a_desc, b_desc, accumulate, tag);
-  } else if constexpr (N == 128) {
-    wgmma_m64n128k16(d, a_desc, b_desc, accumulate, tag);
-  } else {
-    static_assert(N == 256, "N in {64, 128, 256}");
-    wgmma_m64n256k16(d, a_desc, b_desc, accumulate, tag);
+DEV void wgmma_m64nNk16(float* d, u64 a_desc, u64 b_desc, bool accumulate, Tag*);
+
+#define WGMMA_DEFINE(N, G, TYPE, TAG)                                                        \
+  template <>                                                                                \
+  DEV void wgmma_m64nNk16<N, TAG>(float* d, u64 a_desc, u64 b_desc, bool accumulate, TAG*) { \
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, " WGMMA_PRED##G                       \
+                 ", 0;\n\t"                                                                  \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE             \
+                 " {" WGMMA_REGS##G "}, " WGMMA_DESCS##G ", p, 1, 1, 0, 0;\n\t}"             \
+                 : WGMMA_ACCS##G                                                             \
+                 : "l"(a_desc), "l"(b_desc), "r"((u32)accumulate));                          \
   }
-}
+
+WGMMA_DEFINE(16, 1, "bf16", Bf16)
+WGMMA_DEFINE(16, 1, "f16", F16)
+WGMMA_DEFINE(32, 2, "bf16", Bf16)
+WGMMA_DEFINE(32, 2, "f16", F16)
+WGMMA_DEFINE(48, 3, "bf16", Bf16)
+WGMMA_DEFINE(48, 3, "f16", F16)
+WGMMA_DEFINE(64, 4, "bf16", Bf16)
+WGMMA_DEFINE(64, 4, "f16", F16)
+WGMMA_DEFINE(80, 5, "bf16", Bf16)
+WGMMA_DEFINE(80, 5, "f16", F16)
+WGMMA_DEFINE(96, 6, "bf16", Bf16)
+WGMMA_DEFINE(96, 6, "f16", F16)
+WGMMA_DEFINE(112, 7, "bf16", Bf16)
+WGMMA_DEFINE(112, 7, "f16", F16)
+WGMMA_DEFINE(128, 8, "bf16", Bf16)
+WGMMA_DEFINE(128, 8, "f16", F16)
+WGMMA_DEFINE(144, 9, "bf16", Bf16)
+WGMMA_DEFINE(144, 9, "f16", F16)
+WGMMA_DEFINE(160, 10, "bf16", Bf16)
+WGMMA_DEFINE(160, 10, "f16", F16)
+WGMMA_DEFINE(176, 11, "bf16", Bf16)
+WGMMA_DEFINE(176, 11, "f16", F16)
+WGMMA_DEFINE(192, 12, "bf16", Bf16)
+WGMMA_DEFINE(192, 12, "f16", F16)
+WGMMA_DEFINE(208, 13, "bf16", Bf16)
+WGMMA_DEFINE(208, 13, "f16", F16)
+WGMMA_DEFINE(224, 14, "bf16", Bf16)
+WGMMA_DEFINE(224, 14, "f16", F16)
+WGMMA_DEFINE(240, 15, "bf16", Bf16)
+WGMMA_DEFINE(240, 15, "f16", F16)
+WGMMA_DEFINE(256, 16, "bf16", Bf16)
+WGMMA_DEFINE(256, 16, "f16", F16)

@@ -1,0 +1,370 @@
+// Hopper (sm_90a) grouped GEMM with swapped operands: the weights are the MMA's M side (128 rows
+// per tile, 64 per consumer warpgroup) and an expert's tokens its N side, sized per tile to the
+// rows there are (a multiple of 16 up to 256). The padding rows of the plan are never loaded or
+// multiplied: an expert of r rows costs ceil(r / 16) * 16 columns of MMA, where the row-major
+// kernels (grouped_gemm.cuh) pay whole 64- or 128-row tiles. Each expert's rows split into
+// ceil(r / 256) chunks of equal size, so an expert of up to 256 rows reads each weight tile once.
+//
+// A unit is (chunk, weight block). Every CTA copies the plan's expert_counts and expert_offsets
+// into shared memory and numbers the chunks (a scan of ceil(count / 256) over the experts). Units
+// are walked expert by expert; inside an expert, GROUP_N weight blocks at a time, chunk, then
+// block: the CTAs on one expert share its token rows through L2, and its chunks share each
+// weight tile.
+//
+// GEMM1: A is w1 seen through a 5-D TMA map, so that each 16-row group of a warpgroup's 64 rows
+// holds 8 gate rows, then the 8 matching up rows. Thread (warp w, lane l) then holds the gate and
+// the up value of feature 8w + l/4 for the same tokens (SwiGLU needs no exchange). B is the
+// chunk's rows of x_perm (x in permuted order, written by permute.cu's gather_rows: gathering
+// 256 rows per stage with cp.async starved the MMAs, docs/PERF.md).
+// GEMM2: A is 128 rows of w2 (output features), B the chunk's rows of h.
+// B arrives by TMA in 32-row boxes, only as many as the chunk's rows need.
+// Epilogues as in grouped_gemm.cuh, transposed on the way: the (feature, token) fragments are
+// staged as fp32 [token][feature] in shared memory, then each thread moves 16-byte vectors of one
+// token's features to global memory.
+#pragma once
+#include "grouped_gemm.cuh"
+
+namespace sm90 {
+namespace swapped {
+
+constexpr int BW = 128;           // weight rows per tile: two warpgroups x m64
+constexpr int MAX_ROWS = 256;     // token rows per chunk: the MMA's N, up to 256
+constexpr int STAGES = 4;         // (16 + 32) KiB per stage
+constexpr int MAX_EXPERTS = 512;  // local experts whose tables fit in shared memory
+constexpr int TOKEN_BOX = 32;     // token rows (of x_perm or h) per TMA box
+constexpr int STAGING_BYTES = 64 * (32 * 4 + 16);  // per warpgroup: 64 x 32 or 32 x 64 fp32, padded
+
+struct Layout {
+  static constexpr int A_STAGE_BYTES = BW * BK * ELEM_BYTES;
+  static constexpr int B_STAGE_BYTES = MAX_ROWS * BK * ELEM_BYTES;
+  static constexpr int A_OFFSET = 0;
+  static constexpr int B_OFFSET = STAGES * A_STAGE_BYTES;
+  static constexpr int STAGING_OFFSET = B_OFFSET + STAGES * B_STAGE_BYTES;
+  static constexpr int ROWS_OFFSET = STAGING_OFFSET + 2 * STAGING_BYTES;  // per warpgroup:
+  static constexpr int ROWS_BYTES = MAX_ROWS * 8;  // a chunk's output rows and router weights
+  static constexpr int EXPERTS_OFFSET = ROWS_OFFSET + 2 * ROWS_BYTES;
+  static constexpr int EXPERTS_BYTES = (3 * (MAX_EXPERTS + 1) * 4 + 7) / 8 * 8;
+  static constexpr int BARRIER_OFFSET = EXPERTS_OFFSET + EXPERTS_BYTES;
+  static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
+  static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 1024 == 0, "swizzle atoms");
+  static_assert(BYTES <= 232448, "exceeds the 227 KiB of shared memory per block");
+};
+
+// A unit of work: rows [first_row, first_row + rows) of expert `expert`'s segment against weight
+// block `block` (BW weight rows: 64 SwiGLU outputs in GEMM1, 128 outputs in GEMM2).
+struct Chunk {
+  int expert, first_row, rows, block;
+};
+
+// The shared-memory expert tables and the unit order over them.
+struct Experts {
+  int* chunk_first;  // [count + 1]: the index of each expert's first chunk, then the total
+  int* rows;         // [count]: expert_counts
+  int* first_row;    // [count]: expert_offsets
+  int count, num_blocks;
+
+  DEV int units() const { return chunk_first[count] * num_blocks; }
+
+  // Warp 0 fills the tables: lane l scans experts [16 l, 16 l + 16), then the warp adds the lanes'
+  // totals.
+  DEV void build(const int* __restrict__ expert_counts, const int* __restrict__ expert_offsets) {
+    constexpr int PER_LANE = MAX_EXPERTS / 32;
+    const int lane = threadIdx.x;
+    int chunks[PER_LANE];
+    int total = 0;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int e = lane * PER_LANE + i;
+      const int r = e < count ? expert_counts[e] : 0;
+      chunks[i] = (r + MAX_ROWS - 1) / MAX_ROWS;
+      total += chunks[i];
+      if (e < count) {
+        rows[e] = r;
+        first_row[e] = expert_offsets[e];
+      }
+    }
+    int inclusive = total;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += v;
+    }
+    int running = inclusive - total;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int e = lane * PER_LANE + i;
+      if (e < count) chunk_first[e] = running;
+      running += chunks[i];
+    }
+    if (lane == 31) chunk_first[count] = inclusive;
+  }
+
+  DEV Chunk unit(int u) const {
+    const int chunk = u / num_blocks;
+    int lo = 0, hi = count - 1;  // the last expert whose first chunk is <= chunk
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (chunk_first[mid] <= chunk) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int chunks = chunk_first[lo + 1] - chunk_first[lo];
+    const int r = u - chunk_first[lo] * num_blocks;
+    const int group = r / (chunks * GROUP_N), in_group = r - group * chunks * GROUP_N;
+    const int width = min(GROUP_N, num_blocks - group * GROUP_N);
+    const int c = in_group / width;
+    const int size = (rows[lo] + chunks - 1) / chunks;
+    Chunk t;
+    t.expert = lo;
+    t.block = group * GROUP_N + in_group % width;
+    t.first_row = first_row[lo] + c * size;
+    t.rows = min(size, rows[lo] - c * size);
+    return t;
+  }
+};
+
+// Calls f(Width<N>{}) with the narrowest MMA width N (a multiple of 16) that covers `rows`.
+template <int N>
+struct Width {
+  static constexpr int value = N;
+};
+template <int N = 16, typename F>
+DEV void with_width(int rows, F&& f) {
+  if constexpr (N == MAX_ROWS) {
+    f(Width<N>{});
+  } else {
+    if (rows <= N) {
+      f(Width<N>{});
+    } else {
+      with_width<N + 16>(rows, f);
+    }
+  }
+}
+
+// 16 bytes of OutT from CHUNK consecutive staged floats, times `scale`.
+template <typename OutT>
+DEV Vec16 pack_staged(const float* src, float scale) {
+  Vec16 v;
+  if constexpr (sizeof(OutT) == 4) {
+    const float4 a = *reinterpret_cast<const float4*>(src);
+    v.w[0] = __float_as_uint(scale * a.x);
+    v.w[1] = __float_as_uint(scale * a.y);
+    v.w[2] = __float_as_uint(scale * a.z);
+    v.w[3] = __float_as_uint(scale * a.w);
+  } else {
+    const float4 a = *reinterpret_cast<const float4*>(src);
+    const float4 b = *reinterpret_cast<const float4*>(src + 4);
+    v.w[0] = pack2((OutT*)nullptr, scale * a.x, scale * a.y);
+    v.w[1] = pack2((OutT*)nullptr, scale * a.z, scale * a.w);
+    v.w[2] = pack2((OutT*)nullptr, scale * b.x, scale * b.y);
+    v.w[3] = pack2((OutT*)nullptr, scale * b.z, scale * b.w);
+  }
+  return v;
+}
+
+template <typename Elem, Epilogue EPI, typename OutT>
+DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
+                      const Elem* __restrict__ bias, const int* __restrict__ expert_counts,
+                      const int* __restrict__ expert_offsets, int num_local_experts,
+                      const int* __restrict__ permuted_to_expanded,
+                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
+                      int top_k, Vec16* __restrict__ zero, i64 zero_vectors) {
+  constexpr bool SWIGLU = EPI == Epilogue::SwiGLU;
+  constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
+  constexpr int BLOCK_OUT = SWIGLU ? BW / 2 : BW;  // output features per weight block
+  constexpr int WG_OUT = BLOCK_OUT / 2;            // ... per warpgroup: 32 or 64
+  constexpr int PASS_ROWS = SWIGLU ? 64 : 32;      // tokens per staging pass
+  constexpr int PITCH = WG_OUT * 4 + 16;           // padded: fragment writes hit distinct banks
+  static_assert(PASS_ROWS * PITCH <= STAGING_BYTES, "staging");
+  using L = Layout;
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  u64* inputs_ready = reinterpret_cast<u64*>(smem + L::BARRIER_OFFSET);
+  u64* stage_free = inputs_ready + STAGES;
+  int* tables = reinterpret_cast<int*>(smem + L::EXPERTS_OFFSET);
+  Experts experts;
+  experts.count = num_local_experts;
+  experts.num_blocks = (N + BLOCK_OUT - 1) / BLOCK_OUT;
+  experts.chunk_first = tables;
+  experts.rows = tables + MAX_EXPERTS + 1;
+  experts.first_row = experts.rows + MAX_EXPERTS;
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&inputs_ready[s], 1);
+      mbar_init(&stage_free[s], CONSUMER_WARPS);
+    }
+    mbar_init_fence();
+  }
+  if (threadIdx.x < 32) experts.build(expert_counts, expert_offsets);
+  __syncthreads();
+  const int k_blocks = (K + BK - 1) / BK;
+
+  if (warpgroup == 0) {
+    regs_dealloc<PRODUCER_REGS>();
+    // ---- the producer: thread 0 waits for a free stage, then loads the weight tile and the
+    // chunk's token rows by TMA.
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(w_desc);
+      tma_prefetch_desc(tokens_desc);
+      RingState<STAGES> ring;
+      for (int u = blockIdx.x; u < experts.units(); u += gridDim.x) {
+        const Chunk tile = experts.unit(u);
+        const int boxes = (tile.rows + TOKEN_BOX - 1) / TOKEN_BOX;
+        for (int kb = 0; kb < k_blocks; ++kb, ring.advance()) {
+          constexpr int BOX_BYTES = TOKEN_BOX * BK * ELEM_BYTES;
+          u64* bar = &inputs_ready[ring.stage];
+          unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
+          unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
+          mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
+          mbar_arrive_expect_tx(bar, L::A_STAGE_BYTES + boxes * BOX_BYTES);
+          if (SWIGLU) {
+            // (k, row in group, gate | up, 8-feature group, expert): 8 groups of 8 features
+            tma_load_5d(a_tile, w_desc, bar, kb * BK, 0, 0, tile.block * 8, tile.expert);
+          } else {
+            tma_load_2d(a_tile, w_desc, bar, kb * BK, tile.expert * N + tile.block * BW);
+          }
+          for (int box = 0; box < boxes; ++box)
+            tma_load_2d(b_tile + box * BOX_BYTES, tokens_desc, bar, kb * BK,
+                        tile.first_row + box * TOKEN_BOX);
+        }
+      }
+    }
+    clear_vectors(zero, zero_vectors);  // once the loads are issued
+    return;
+  }
+
+  // ---- consumers: warpgroup c multiplies weight rows [64 c, 64 c + 64) of each tile -----------
+  regs_alloc<CONSUMER_REGS>();
+  const int c = warpgroup - 1;
+  const int t = threadIdx.x % 128, lane = t % 32, warp = t / 32;
+  unsigned char* staging = smem + L::STAGING_OFFSET + c * STAGING_BYTES;
+  int* out_row = reinterpret_cast<int*>(smem + L::ROWS_OFFSET + c * L::ROWS_BYTES);
+  float* out_scale = reinterpret_cast<float*>(out_row + MAX_ROWS);
+  float acc[MAX_ROWS / 2];
+  RingState<STAGES> ring;
+  for (int u = blockIdx.x; u < experts.units(); u += gridDim.x) {
+    const Chunk tile = experts.unit(u);
+    // ScatterAdd: the expanded indices of this thread's two rows of the chunk (t, t + 128), whose
+    // router weights load once the first MMAs are issued.
+    int expanded[2] = {-1, -1};
+    float scale[2] = {0.0f, 0.0f};
+    if (SCATTER) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        if (t + 128 * i < tile.rows)
+          expanded[i] = permuted_to_expanded[tile.first_row + t + 128 * i];
+    }
+    with_width(tile.rows, [&](auto width) {
+      constexpr int WIDTH = decltype(width)::value;
+      for (int kb = 0; kb < k_blocks; ++kb, ring.advance()) {
+        mbar_wait(&inputs_ready[ring.stage], ring.phase);
+        const u64 a = smem_desc_sw128(smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES +
+                                      64 * c * BK * ELEM_BYTES);
+        const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES);
+        wgmma_fence();
+#pragma unroll
+        for (int k16 = 0; k16 < BK / 16; ++k16) {
+          wgmma_m64nNk16<WIDTH>(acc, smem_desc_advance_k16(a, k16), smem_desc_advance_k16(b, k16),
+                                kb > 0 || k16 > 0, (Elem*)nullptr);
+        }
+        wgmma_commit();
+        if (SCATTER && kb == 0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+            scale[i] = expanded[i] >= 0 ? topk_weights[expanded[i]] : 0.0f;
+        }
+        wgmma_wait<0>();
+        if (lane == 0) mbar_arrive(&stage_free[ring.stage]);
+      }
+    });
+
+    // ---- epilogue: registers -> staging [token][feature] (biased, activated) -> 16-byte global
+    // vectors of one token's features (scaled by its router weight in ScatterAdd) -------------
+    const int w_rows = SWIGLU ? 2 * N : N;
+    const Elem* expert_bias = bias ? bias + (i64)tile.expert * w_rows : nullptr;
+    const int first_col = tile.block * BLOCK_OUT + c * WG_OUT;
+    // fragment row 16 warp + lane/4 (+8): GEMM1 gate (up) of feature 8 warp + lane/4, GEMM2
+    // feature 16 warp + lane/4 (+8)
+    float row_bias[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = first_col + (SWIGLU ? 8 * warp + lane / 4 : 16 * warp + lane / 4 + 8 * h);
+      if (expert_bias && col < N) row_bias[h] = to_float(expert_bias[SWIGLU ? col + h * N : col]);
+    }
+    if (SCATTER) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (t + 128 * i < tile.rows) {
+          out_row[t + 128 * i] = expanded[i] / top_k;
+          out_scale[t + 128 * i] = scale[i];
+        }
+      }
+    }
+    constexpr int CHUNK = 16 / sizeof(OutT);  // features per 16-byte vector
+    constexpr int CHUNKS_PER_ROW = WG_OUT / CHUNK;
+    constexpr int ROWS_PER_STEP = 128 / CHUNKS_PER_ROW;
+    const int chunk = t % CHUNKS_PER_ROW;
+    const int col = first_col + chunk * CHUNK;
+#pragma unroll
+    for (int pass = 0; pass < MAX_ROWS / PASS_ROWS; ++pass) {
+      if (pass * PASS_ROWS >= tile.rows) break;
+#pragma unroll
+      for (int jj = 0; jj < PASS_ROWS / 8; ++jj) {
+        const int j = pass * PASS_ROWS / 8 + jj;  // 8-token group of the fragment
+        if (8 * j >= tile.rows) break;
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          float* row = reinterpret_cast<float*>(staging + (8 * jj + 2 * (lane % 4) + q) * PITCH);
+          if (SWIGLU) {
+            row[8 * warp + lane / 4] =
+                silu(acc[4 * j + q] + row_bias[0]) * (acc[4 * j + 2 + q] + row_bias[1]);
+          } else {
+            row[16 * warp + lane / 4] = acc[4 * j + q] + row_bias[0];
+            row[16 * warp + lane / 4 + 8] = acc[4 * j + 2 + q] + row_bias[1];
+          }
+        }
+      }
+      named_barrier_sync(1 + c, 128);
+#pragma unroll
+      for (int i = 0; i < PASS_ROWS / ROWS_PER_STEP; ++i) {
+        const int r = t / CHUNKS_PER_ROW + i * ROWS_PER_STEP;
+        const int token = pass * PASS_ROWS + r;
+        if (token >= tile.rows || col >= N) continue;
+        const float* src = reinterpret_cast<const float*>(staging + r * PITCH) + chunk * CHUNK;
+        if (SCATTER) {
+          red_add_16(out + (i64)out_row[token] * N + col, pack_staged<OutT>(src, out_scale[token]));
+        } else {
+          st_global_16(out + (i64)(tile.first_row + token) * N + col, pack_staged<OutT>(src, 1.0f));
+        }
+      }
+      named_barrier_sync(1 + c, 128);
+    }
+  }
+}
+
+}  // namespace swapped
+}  // namespace sm90
+
+// Entry points, instantiated by swapped_{bf16,f16}.cu. Launch: a persistent grid of at most one CTA
+// per SM, THREADS threads, swapped::Layout::BYTES of dynamic shared memory; moefuse/backends.py
+// mirrors the names and geometry. GEMM1 takes the maps of w1 (5-D) and x_perm, GEMM2 those of w2
+// and h.
+#define MOEFUSE_SM90_SWAPPED_ENTRY(NAME, ELEM, EPI, OUT)                                        \
+  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                \
+      NAME(const __grid_constant__ TmaDesc w_desc, const __grid_constant__ TmaDesc tokens_desc, \
+           const ELEM* bias, const int* expert_counts, const int* expert_offsets,               \
+           int num_local_experts, const int* permuted_to_expanded, const float* topk_weights,   \
+           OUT* out, int K, int N, int top_k, Vec16* zero, i64 zero_vectors) {                  \
+    sm90::swapped::grouped_gemm<ELEM, sm90::Epilogue::EPI, OUT>(                                \
+        &w_desc, &tokens_desc, bias, expert_counts, expert_offsets, num_local_experts,          \
+        permuted_to_expanded, topk_weights, out, K, N, top_k, zero, zero_vectors);              \
+  }
+#define MOEFUSE_SM90_SWAPPED_ENTRIES(TAG, ELEM)                                                    \
+  MOEFUSE_SM90_SWAPPED_ENTRY(sm90_swapped_gemm1_swiglu_##TAG, ELEM, SwiGLU, ELEM)                  \
+  MOEFUSE_SM90_SWAPPED_ENTRY(sm90_swapped_gemm2_store_##TAG, ELEM, Store, ELEM)                    \
+  MOEFUSE_SM90_SWAPPED_ENTRY(sm90_swapped_gemm2_scatter_##TAG##_out_##TAG, ELEM, ScatterAdd, ELEM) \
+  MOEFUSE_SM90_SWAPPED_ENTRY(sm90_swapped_gemm2_scatter_##TAG##_out_f32, ELEM, ScatterAdd, float)
