@@ -104,7 +104,7 @@ class Sm90:
     SWAPPED_ROWS = 128
     SWAPPED_STAGES = 4
     SWAPPED_TOKEN_BOX = 32
-    SWAPPED_STAGING_BYTES = 64 * (32 * 4 + 16)
+    SWAPPED_STAGING_BYTES = 128 * (32 * 2 + 16)
 
     def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
         return heuristics.choose_sm90_tile_m(num_tokens, top_k, num_local_experts)

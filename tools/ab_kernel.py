@@ -1,7 +1,7 @@
 """A/B timing of a kernel-source variant against the current one, in one process on one GPU.
 
     python tools/ab_kernel.py cuda_src/sm90/variant.cu [--module sm90_grouped_gemm_m128]
-        [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10]
+        [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10] [--family auto|rows|swapped]
 
 The variant must define the same entry points (it is loaded in place of the module's source).
 Rounds alternate between the two sources; each reports the median ms of every forward step
@@ -18,7 +18,7 @@ import cupy as cp
 from forward_once import random_problem  # tools/ is the script's folder, first on sys.path
 
 import moefuse
-from moefuse import _cache, _sources
+from moefuse import _cache, _sources, heuristics
 
 
 def step_times(layer, x, weights, ids, reps: int, flush) -> dict[str, float]:
@@ -54,7 +54,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument(
+        "--family", choices=("auto", "rows", "swapped"), default="auto", help="Hopper kernels"
+    )
     args = parser.parse_args()
+    if args.family != "auto":
+        heuristics.choose_sm90_swapped = lambda *_: args.family == "swapped"
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     root = _sources.source_root()
     sources = {

@@ -100,6 +100,17 @@ DEV void regs_alloc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGS));
 }
 
+// ---- stmatrix --------------------------------------------------------------------------------
+// Four 8x8 16-bit matrices, each given as the mma fragment (thread l: row l/4, columns 2(l%4) and
+// 2(l%4)+1 packed in r[i]), stored transposed: fragment column c goes to the 16-byte row whose
+// address lane 8i + c passes.
+DEV void stmatrix_x4_trans(void* smem_row, u32 r0, u32 r1, u32 r2, u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
+                   smem_u32(smem_row)),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // ---- 16-byte global stores and reductions ------------------------------------------------------
 DEV void st_global_16(void* gmem, const Vec16& v) {
   asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(gmem), "r"(v.w[0]), "r"(v.w[1]),

@@ -32,7 +32,7 @@ constexpr int MAX_ROWS = 256;     // token rows per chunk: the MMA's N, up to 25
 constexpr int STAGES = 4;         // (16 + 32) KiB per stage
 constexpr int MAX_EXPERTS = 512;  // local experts whose tables fit in shared memory
 constexpr int TOKEN_BOX = 32;     // token rows (of x_perm or h) per TMA box
-constexpr int STAGING_BYTES = 64 * (32 * 4 + 16);  // per warpgroup: 64 x 32 or 32 x 64 fp32, padded
+constexpr int STAGING_BYTES = 128 * (32 * 2 + 16);  // per warpgroup: 128 tokens x 32 bf16, padded
 
 struct Layout {
   static constexpr int A_STAGE_BYTES = BW * BK * ELEM_BYTES;
@@ -143,25 +143,44 @@ DEV void with_width(int rows, F&& f) {
   }
 }
 
-// 16 bytes of OutT from CHUNK consecutive staged floats, times `scale`.
-template <typename OutT>
-DEV Vec16 pack_staged(const float* src, float scale) {
-  Vec16 v;
-  if constexpr (sizeof(OutT) == 4) {
-    const float4 a = *reinterpret_cast<const float4*>(src);
-    v.w[0] = __float_as_uint(scale * a.x);
-    v.w[1] = __float_as_uint(scale * a.y);
-    v.w[2] = __float_as_uint(scale * a.z);
-    v.w[3] = __float_as_uint(scale * a.w);
+// An epilogue pass's staging geometry: rows of one token's WG_OUT finished outputs (OutT),
+// PITCH bytes apart (16 bytes of padding: 8 consecutive rows hit distinct banks), PASS_ROWS tokens
+// per pass; the write-out moves 16-byte chunks, CHUNKS_PER_ROW to a row, ROWS_PER_STEP rows at a
+// time.
+template <int WG_OUT, typename OutT>
+struct Staging {
+  static constexpr int PITCH = WG_OUT * (int)sizeof(OutT) + 16;
+  static constexpr int PASS_ROWS = STAGING_BYTES / PITCH / 32 * 32;
+  static constexpr int CHUNKS_PER_ROW = WG_OUT * (int)sizeof(OutT) / 16;
+  static constexpr int ROWS_PER_STEP = 128 / CHUNKS_PER_ROW;
+  static_assert(PASS_ROWS >= 32 && PASS_ROWS % ROWS_PER_STEP == 0, "whole write-out steps");
+};
+
+// Stages the values v[m][q] of 8x8 matrices m = 0..3 of a warp's fragment (thread l: fragment
+// row l/4, columns 2(l%4) + q), transposed: fragment column c of matrix m lands in staging row
+// place(m).row + c, at byte place(m).col_bytes. 16-bit outputs go as one stmatrix (lane l passes
+// the address of row l%8 of matrix l/8); floats one by one.
+struct Place {
+  int row, col_bytes;
+};
+template <typename OutT, int PITCH, typename PlaceFn>
+DEV void stage_matrices(unsigned char* staging, const float (&v)[4][2], PlaceFn place, int lane) {
+  if constexpr (sizeof(OutT) == 2) {
+    const Place mine = place(lane / 8);
+    OutT* tag = nullptr;
+    stmatrix_x4_trans(staging + (mine.row + lane % 8) * PITCH + mine.col_bytes,
+                      pack2(tag, v[0][0], v[0][1]), pack2(tag, v[1][0], v[1][1]),
+                      pack2(tag, v[2][0], v[2][1]), pack2(tag, v[3][0], v[3][1]));
   } else {
-    const float4 a = *reinterpret_cast<const float4*>(src);
-    const float4 b = *reinterpret_cast<const float4*>(src + 4);
-    v.w[0] = pack2((OutT*)nullptr, scale * a.x, scale * a.y);
-    v.w[1] = pack2((OutT*)nullptr, scale * a.z, scale * a.w);
-    v.w[2] = pack2((OutT*)nullptr, scale * b.x, scale * b.y);
-    v.w[3] = pack2((OutT*)nullptr, scale * b.z, scale * b.w);
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const Place at = place(m);
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+        *reinterpret_cast<float*>(staging + (at.row + 2 * (lane % 4) + q) * PITCH + at.col_bytes +
+                                  4 * (lane / 4)) = v[m][q];
+    }
   }
-  return v;
 }
 
 template <typename Elem, Epilogue EPI, typename OutT>
@@ -175,9 +194,7 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
   constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
   constexpr int BLOCK_OUT = SWIGLU ? BW / 2 : BW;  // output features per weight block
   constexpr int WG_OUT = BLOCK_OUT / 2;            // ... per warpgroup: 32 or 64
-  constexpr int PASS_ROWS = SWIGLU ? 64 : 32;      // tokens per staging pass
-  constexpr int PITCH = WG_OUT * 4 + 16;           // padded: fragment writes hit distinct banks
-  static_assert(PASS_ROWS * PITCH <= STAGING_BYTES, "staging");
+  using G = Staging<WG_OUT, OutT>;
   using L = Layout;
 
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -282,8 +299,8 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
       }
     });
 
-    // ---- epilogue: registers -> staging [token][feature] (biased, activated) -> 16-byte global
-    // vectors of one token's features (scaled by its router weight in ScatterAdd) -------------
+    // ---- epilogue: registers -> finished outputs (bias, SwiGLU or router weight, OutT) staged
+    // [token][feature] -> 16-byte global vectors of one token's features --------------------------
     const int w_rows = SWIGLU ? 2 * N : N;
     const Elem* expert_bias = bias ? bias + (i64)tile.expert * w_rows : nullptr;
     const int first_col = tile.block * BLOCK_OUT + c * WG_OUT;
@@ -303,42 +320,56 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
           out_scale[t + 128 * i] = scale[i];
         }
       }
+      named_barrier_sync(1 + c, 128);
     }
-    constexpr int CHUNK = 16 / sizeof(OutT);  // features per 16-byte vector
-    constexpr int CHUNKS_PER_ROW = WG_OUT / CHUNK;
-    constexpr int ROWS_PER_STEP = 128 / CHUNKS_PER_ROW;
-    const int chunk = t % CHUNKS_PER_ROW;
-    const int col = first_col + chunk * CHUNK;
+    const int chunk = t % G::CHUNKS_PER_ROW;
+    const int col = first_col + chunk * 16 / (int)sizeof(OutT);
+    // A stmatrix covers 4 token groups of 8 (GEMM1: one 8-feature matrix each) or 2 (GEMM2: the
+    // fragment's two 8-feature halves each).
+    constexpr int GROUPS_PER_STORE = SWIGLU ? 4 : 2;
 #pragma unroll
-    for (int pass = 0; pass < MAX_ROWS / PASS_ROWS; ++pass) {
-      if (pass * PASS_ROWS >= tile.rows) break;
+    for (int pass = 0; pass < MAX_ROWS / G::PASS_ROWS; ++pass) {
+      if (pass * G::PASS_ROWS >= tile.rows) break;
 #pragma unroll
-      for (int jj = 0; jj < PASS_ROWS / 8; ++jj) {
-        const int j = pass * PASS_ROWS / 8 + jj;  // 8-token group of the fragment
-        if (8 * j >= tile.rows) break;
+      for (int s = 0; s < G::PASS_ROWS / (8 * GROUPS_PER_STORE); ++s) {
+        const int j0 = (pass * G::PASS_ROWS) / 8 + s * GROUPS_PER_STORE;  // first token group
+        if (8 * j0 >= tile.rows) break;
+        // matrix m: token group j0 + m (GEMM1) or j0 + m / 2, feature half m % 2 (GEMM2)
+        auto place = [&](int m) {
+          const int j = j0 + (SWIGLU ? m : m / 2), h = SWIGLU ? 0 : m % 2;
+          return Place{8 * j - pass * G::PASS_ROWS,
+                       (SWIGLU ? 8 * warp : 16 * warp + 8 * h) * (int)sizeof(OutT)};
+        };
+        float v[4][2];
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          float* row = reinterpret_cast<float*>(staging + (8 * jj + 2 * (lane % 4) + q) * PITCH);
-          if (SWIGLU) {
-            row[8 * warp + lane / 4] =
-                silu(acc[4 * j + q] + row_bias[0]) * (acc[4 * j + 2 + q] + row_bias[1]);
-          } else {
-            row[16 * warp + lane / 4] = acc[4 * j + q] + row_bias[0];
-            row[16 * warp + lane / 4 + 8] = acc[4 * j + 2 + q] + row_bias[1];
+        for (int m = 0; m < 4; ++m) {
+          const int j = j0 + (SWIGLU ? m : m / 2), h = SWIGLU ? 0 : m % 2;
+          float token_scale[2] = {1.0f, 1.0f};
+          if (SCATTER) {
+            const float2 w = *reinterpret_cast<const float2*>(out_scale + 8 * j + 2 * (lane % 4));
+            token_scale[0] = w.x;
+            token_scale[1] = w.y;
+          }
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            v[m][q] = SWIGLU
+                          ? silu(acc[4 * j + q] + row_bias[0]) * (acc[4 * j + 2 + q] + row_bias[1])
+                          : token_scale[q] * (acc[4 * j + 2 * h + q] + row_bias[h]);
           }
         }
+        stage_matrices<OutT, G::PITCH>(staging, v, place, lane);
       }
       named_barrier_sync(1 + c, 128);
 #pragma unroll
-      for (int i = 0; i < PASS_ROWS / ROWS_PER_STEP; ++i) {
-        const int r = t / CHUNKS_PER_ROW + i * ROWS_PER_STEP;
-        const int token = pass * PASS_ROWS + r;
+      for (int i = 0; i < G::PASS_ROWS / G::ROWS_PER_STEP; ++i) {
+        const int r = t / G::CHUNKS_PER_ROW + i * G::ROWS_PER_STEP;
+        const int token = pass * G::PASS_ROWS + r;
         if (token >= tile.rows || col >= N) continue;
-        const float* src = reinterpret_cast<const float*>(staging + r * PITCH) + chunk * CHUNK;
+        const Vec16 v = *reinterpret_cast<const Vec16*>(staging + r * G::PITCH + chunk * 16);
         if (SCATTER) {
-          red_add_16(out + (i64)out_row[token] * N + col, pack_staged<OutT>(src, out_scale[token]));
+          red_add_16(out + (i64)out_row[token] * N + col, v);
         } else {
-          st_global_16(out + (i64)(tile.first_row + token) * N + col, pack_staged<OutT>(src, 1.0f));
+          st_global_16(out + (i64)(tile.first_row + token) * N + col, v);
         }
       }
       named_barrier_sync(1 + c, 128);
