@@ -29,11 +29,10 @@ constexpr int THREADS = 384;
 constexpr int PRODUCER_REGS = 40;
 constexpr int CONSUMER_REGS = 232;
 constexpr int CONSUMER_WARPS = 8;
-constexpr int GROUP_N = 8;                 // n tiles walked together (L2 reuse of A and B)
-constexpr int GATHER_THREADS_PER_ROW = 4;  // of a 128-byte row of a stage
-constexpr int GATHER_ROW_STRIDE = 128 / GATHER_THREADS_PER_ROW;  // rows between a thread's rows
-constexpr int STAGING_ROW_BYTES = 128;   // epilogue pass: 128 bytes of each of 64 rows
-constexpr int STAGING_PITCH = 128 + 16;  // padded: fragment writes hit distinct banks
+constexpr int GROUP_N = 8;                // n tiles walked together (L2 reuse of A and B)
+constexpr int GATHER_ROWS_PER_PASS = 32;  // of a stage, by the 128 producer threads (4 per row)
+constexpr int STAGING_ROW_BYTES = 128;    // epilogue pass: 128 bytes of each of 64 rows
+constexpr int STAGING_PITCH = 128 + 16;   // padded: fragment writes hit distinct banks
 constexpr int ELEM_BYTES = 2;
 
 enum class Epilogue { SwiGLU, Store, ScatterAdd };
@@ -116,34 +115,32 @@ DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
   *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
 }
 
-// The x rows a gathering producer thread copies for a tile whose permuted rows start at `first`:
-// token[i] for row threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i of the tile, -1 at
-// or past `rows` and for padding.
-template <int ROWS>
-DEV void gather_tokens(int (&token)[ROWS], const int* __restrict__ permuted_to_expanded, int first,
-                       int rows, int top_k) {
+// The x rows a gathering producer thread copies for M tile `m`: token[i] for tile row
+// threadIdx.x / 4 + 32 i, -1 for padding rows.
+template <int BM, int ROWS>
+DEV void gather_tokens(int (&token)[ROWS], const int* __restrict__ permuted_to_expanded, int m,
+                       int top_k) {
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) {
-    const int r = threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i;
-    const int expanded = r < rows ? permuted_to_expanded[first + r] : -1;
+    const int expanded = permuted_to_expanded[m * BM + threadIdx.x / 4 + 32 * i];
     token[i] = expanded >= 0 ? expanded / top_k : -1;
   }
 }
 
-// A gathering producer thread's share of one stage's K block `kb`: 16-byte chunks t % 8 (and
-// t % 8 + GATHER_THREADS_PER_ROW ...) of its rows (token -1: skipped, their results are unused)
-// into the 128-byte swizzled tile. A warp's copy instruction reads whole 128-byte rows.
+// A gathering producer thread's share of one stage's K block `kb`: 16-byte chunks t % 4 and
+// t % 4 + 4 of its rows (padding rows skipped: their results are unused) into the 128-byte
+// swizzled tile. A warp's copy instruction reads 64 contiguous bytes of 8 rows.
 template <int ROWS, typename Elem>
 DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int (&token)[ROWS],
                       int K, int kb) {
 #pragma unroll
-  for (int part = 0; part < 8 / GATHER_THREADS_PER_ROW; ++part) {
-    const int chunk = threadIdx.x % GATHER_THREADS_PER_ROW + GATHER_THREADS_PER_ROW * part;
+  for (int half = 0; half < 2; ++half) {
+    const int chunk = threadIdx.x % 4 + 4 * half;
     const int col = kb * BK + chunk * 8;
     const u32 bytes = col < K ? 16 : 0;  // K % 8 == 0: a chunk is all in or all past K
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) {
-      const int r = threadIdx.x / GATHER_THREADS_PER_ROW + GATHER_ROW_STRIDE * i;
+      const int r = threadIdx.x / 4 + 32 * i;
       // the 128-byte swizzle: chunk c of row r sits at chunk c ^ (r % 8)
       if (token[i] >= 0)
         cp_async_16(tile + r * BK * ELEM_BYTES + ((chunk ^ (r % 8)) * 16),
@@ -207,7 +204,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
   using E = Epi<S::WG_N, EPI, OutT>;  // one warpgroup's epilogue
   constexpr int TILE_OUT_COLS = Epi<BN, EPI, OutT>::OUT_COLS;
   constexpr int ACC = S::WG_N / 2;
-  constexpr int GATHER_ROWS_PER_THREAD = BM / GATHER_ROW_STRIDE;
+  constexpr int GATHER_ROWS_PER_THREAD = BM / GATHER_ROWS_PER_PASS;
 
   // 1024-byte alignment: the 128-byte swizzle repeats every 1024 bytes (TMA and wgmma agree on
   // the pattern only from such a base).
@@ -247,7 +244,7 @@ DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const T
         const Unit unit = sched.unit(u);
         const int b_row = tile_expert[unit.m] * w_rows + unit.n * TILE_OUT_COLS;
         int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
-        if (GATHER_A) gather_tokens(token, permuted_to_expanded, unit.m * BM, BM, top_k);
+        if (GATHER_A) gather_tokens<BM>(token, permuted_to_expanded, unit.m, top_k);
         for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
           u64* bar = &inputs_ready[ring.stage];
           unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
