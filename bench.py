@@ -390,7 +390,11 @@ def check_case(case: Case, layer: Any, ctx: dict, args: Any, row: dict) -> tuple
     if not args.no_baseline:
         try:
             torch_run = torch_baseline(case, ctx["w1"], ctx["w2"], ctx["stream"])
-            row["err_torch"] = rel_err(cp.from_dlpack(torch_run(0).float()), fused)
+            # The baseline runs on our non-blocking stream; its result is read after it finishes
+            # (converting it on torch's default stream raced with it: errors of 1.0 or NaN).
+            torch_out = torch_run(0)
+            ctx["stream"].synchronize()
+            row["err_torch"] = rel_err(cp.from_dlpack(torch_out.float()), fused)
         except Exception as e:
             torch_run = None
             row["notes"].append(f"torch n/a ({short(e)})")

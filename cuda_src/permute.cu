@@ -1,6 +1,7 @@
 // Moving rows between token order and the plan's permuted (expert-grouped) order:
-//   gather_rows: x_perm[p] = x[permuted_to_expanded[p] / k] for every routed row p (the swapped
-//   Hopper GEMM1 then loads its token rows by TMA); padding rows are left as they are.
+//   gather_rows: x_perm[expanded_to_permuted[t*k + j]] = x[t] for every pair routed to a local
+//   expert (the swapped Hopper GEMM1 then loads its token rows by TMA); padding rows are left as
+//   they are. Walking tokens reads each row of x once, however many of its k slots are local.
 //   finalize (the deterministic path): out[t] = sum_j topk_weights[t, j] *
 //   y[expanded_to_permuted[t*k + j]], summed in fp32 in slot order (j = 0..k-1), so the result is
 //   bitwise reproducible.
@@ -10,28 +11,29 @@
 constexpr int GATHER_WARPS = 8;
 constexpr int FINALIZE_THREADS = 128;
 
-// One warp per permuted row, grid-strided up to the plan's row count (read on the device).
+// One warp per token, grid-strided; each lane holds IN_FLIGHT vectors of the row at a time and
+// stores them into each of the token's permuted rows.
 extern "C" __global__ void __launch_bounds__(GATHER_WARPS * 32)
-    gather_rows(const Vec16* __restrict__ x, const int* __restrict__ permuted_to_expanded,
-                const int* __restrict__ expert_offsets, int num_local_experts, int top_k,
-                int row_vectors, Vec16* __restrict__ x_perm) {
-  const int rows = expert_offsets[num_local_experts];
+    gather_rows(const Vec16* __restrict__ x, const int* __restrict__ expanded_to_permuted,
+                int num_tokens, int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
+  constexpr int IN_FLIGHT = 4;
   const int lane = threadIdx.x % 32;
-  for (int p = blockIdx.x * GATHER_WARPS + threadIdx.x / 32; p < rows;
-       p += gridDim.x * GATHER_WARPS) {
-    const int expanded = permuted_to_expanded[p];
-    if (expanded < 0) continue;
-    const Vec16* src = x + (i64)(expanded / top_k) * row_vectors;
-    Vec16* dst = x_perm + (i64)p * row_vectors;
-    constexpr int IN_FLIGHT = 4;  // loads per lane before the stores
+  for (int t = blockIdx.x * GATHER_WARPS + threadIdx.x / 32; t < num_tokens;
+       t += gridDim.x * GATHER_WARPS) {
+    const Vec16* src = x + (i64)t * row_vectors;
     for (int v = lane; v < row_vectors; v += 32 * IN_FLIGHT) {
       Vec16 chunk[IN_FLIGHT];
 #pragma unroll
       for (int i = 0; i < IN_FLIGHT; ++i)
         if (v + 32 * i < row_vectors) chunk[i] = src[v + 32 * i];
+      for (int j = 0; j < top_k; ++j) {
+        const int p = expanded_to_permuted[(i64)t * top_k + j];
+        if (p < 0) continue;
+        Vec16* dst = x_perm + (i64)p * row_vectors;
 #pragma unroll
-      for (int i = 0; i < IN_FLIGHT; ++i)
-        if (v + 32 * i < row_vectors) dst[v + 32 * i] = chunk[i];
+        for (int i = 0; i < IN_FLIGHT; ++i)
+          if (v + 32 * i < row_vectors) dst[v + 32 * i] = chunk[i];
+      }
     }
   }
 }

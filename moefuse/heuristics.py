@@ -1,9 +1,11 @@
-"""Tile shapes and load strategies per problem.
+"""Tile shapes and kernel families per problem.
 
 tile_m (the M extent of a grouped-GEMM tile, and the padding unit of each expert's segment):
 64 for decode and small batches (less padding to multiply), else 128 (twice the reuse of every
 weight tile loaded). The portable kernels switch at 128 rows per expert; the Hopper ones keep 64
-only while an expert's rows fit one tile (choose_sm90_tile_m).
+only while an expert's rows fit one tile (choose_sm90_tile_m). Where padding still costs more
+than a gather pass of x, the Hopper GEMMs swap their operands instead (choose_sm90_swapped): the
+plan's padding is then never multiplied.
 """
 
 from __future__ import annotations
@@ -43,25 +45,27 @@ SWAPPED_MAX_EXPERTS = 512  # ... local experts whose tables fit in its shared me
 
 
 SWAPPED_MIN_ROWS = 96  # per expert, on average
-SWAPPED_MAX_ROWS_PER_INTER = 0.22
+GATHER_SHARE_PER_INTER = 63.0  # (2 bytes x ~790 TFLOP/s) / (6 FLOPs x ~4.2 TB/s), see below
+SWAPPED_MAX_GATHER_SHARE = 0.05
 
 
 def choose_sm90_swapped(num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
     """Whether the Hopper GEMMs put the weights on the MMA's M side and each expert's tokens on
-    its N side (cuda_src/sm90/swapped.cuh). Those multiply no padding rows and read a weight tile
-    once per expert of up to 256 rows, but need x in permuted order (a gather pass) and stage
-    their epilogue in fp32.
+    its N side (cuda_src/sm90/swapped.cuh). Those multiply no padding rows and read each weight
+    tile with all of an expert's chunks in step, but need x in permuted order: a gather pass that
+    reads x once and writes its T*k rows, (1 + 1/k) * T*k*H*2 bytes against the GEMMs'
+    6 * T*k*H*I FLOPs, a share of about (1 + 1/k) * 63 / I of their time.
 
-    The row-major kernels pad each expert to 128-row tiles, about 64 rows each: a fraction
-    64 / r of the work at r rows per expert. The gather pass costs about 117 / I of the two GEMMs'
-    time (it moves 2 * T*k*H*2 bytes against their 6 * T*k*H*I FLOPs, H200 ceilings). A/B on
-    whole forwards (docs/PERF.md, change 27): swapped won by 4-21% where 64 / r was at least 2.5x
-    that cost (Mixtral T = 1024, 4096; DeepSeek-V3 T = 4096) and lost by 1-12% where not (Mixtral
-    T = 16384, DeepSeek-V3 T = 16384, Qwen3 T >= 1024). Below ~96 rows per expert the row-major
-    kernels' 64-row tiles already hold the padding down (DeepSeek-V3 T = 1024: a tie).
-    So: r >= 96 and 64 / r >= 2.5 * 117 / I, i.e. r <= 0.22 * I."""
+    Same-process A/B of whole forwards (docs/PERF.md, change 27): with at least ~96 rows per
+    expert the swapped kernels won or tied wherever that share is small, and lost where it is
+    not: H100 DeepSeek-V3 T=4096 / 16384 -31% / -38%, Mixtral T=16384 -11%; H200 DeepSeek-V3
+    T=4096 -21%, Mixtral T=1024 -9%, T=4096 -4%, T=16384 and DeepSeek-V3 T=16384 ties; Qwen3
+    (I = 768, a share of ~9%) +10 to +13% at T=16384 on both. Below ~96 rows per expert the
+    row-major kernels' 64-row tiles already hold the padding down (DeepSeek-V3 T=1024: a tie).
+    So: r >= 96 rows per expert and a gather share of at most 5%."""
     rows_per_expert = num_tokens * top_k / num_local_experts
-    return SWAPPED_MIN_ROWS <= rows_per_expert <= SWAPPED_MAX_ROWS_PER_INTER * inter
+    gather_share = (1 + 1 / top_k) * GATHER_SHARE_PER_INTER / inter
+    return rows_per_expert >= SWAPPED_MIN_ROWS and gather_share <= SWAPPED_MAX_GATHER_SHARE
 
 
 def max_expert_chunks(pairs: int, num_local_experts: int) -> int:

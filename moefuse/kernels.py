@@ -115,12 +115,11 @@ def build_plan(topk_ids, plan, rank, chunk_count) -> None:
 
 def gather_rows(x, plan, x_perm) -> None:
     """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
-    grid = min(cdiv(plan.capacity, GATHER_WARPS), GATHER_MAX_BLOCKS)
+    num_tokens = x.shape[0]
+    grid = min(cdiv(num_tokens, GATHER_WARPS), GATHER_MAX_BLOCKS)
     row_vectors = x.shape[1] * x.itemsize // 16
-    args = (x, plan.permuted_to_expanded, plan.expert_offsets, i32(plan.num_local_experts))
-    function("permute", "gather_rows")(
-        (grid,), (GATHER_WARPS * 32,), (*args, i32(plan.top_k), i32(row_vectors), x_perm)
-    )
+    args = (x, plan.expanded_to_permuted, i32(num_tokens), i32(plan.top_k), i32(row_vectors), x_perm)
+    function("permute", "gather_rows")((grid,), (GATHER_WARPS * 32,), args)
 
 
 def finalize(y, plan, topk_weights, out) -> None:
