@@ -79,6 +79,16 @@ class Sm80:
         self._launch(name, plan, cdiv(n, self.BN), self._args(a, w2, b2, plan, topk_weights, out, depth, n))
 
 
+def _epilogue_args(plan, topk_weights, out, depth: int, n: int) -> tuple:
+    """The Hopper kernels' shared parameters from permuted_to_expanded to top_k."""
+    return plan.permuted_to_expanded, pointer(topk_weights), out, i32(depth), i32(n), i32(plan.top_k)
+
+
+def _zero_args(zero) -> tuple:
+    """The output GEMM1 clears on the fused path (and its 16-byte vectors), or (NULL, 0)."""
+    return pointer(zero), np.int64(0 if zero is None else zero.nbytes // 16)
+
+
 class Sm90:
     """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu) and
     swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a
@@ -164,15 +174,9 @@ class Sm90:
             plan.tile_expert,
             plan.expert_offsets,
             i32(plan.num_local_experts),
-            plan.permuted_to_expanded,
-            pointer(topk_weights),
-            out,
-            i32(depth),
-            i32(n),
-            i32(plan.top_k),
+            *_epilogue_args(plan, topk_weights, out, depth, n),
             i32(k_splits),
-            pointer(zero),
-            np.int64(0 if zero is None else zero.nbytes // 16),
+            *_zero_args(zero),
         )
         launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(plan.tile_m, bn))
 
@@ -213,14 +217,8 @@ class Sm90:
             plan.expert_counts,
             plan.expert_offsets,
             i32(plan.num_local_experts),
-            plan.permuted_to_expanded,
-            pointer(topk_weights),
-            out,
-            i32(depth),
-            i32(n),
-            i32(plan.top_k),
-            pointer(zero),
-            np.int64(0 if zero is None else zero.nbytes // 16),
+            *_epilogue_args(plan, topk_weights, out, depth, n),
+            *_zero_args(zero),
         )
         launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes())
 
