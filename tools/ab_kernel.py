@@ -15,28 +15,24 @@ import statistics
 from pathlib import Path
 
 import cupy as cp
-from forward_once import random_problem  # tools/ is the script's folder, first on sys.path
+from forward_once import (
+    add_family_argument,
+    force_family,
+    random_problem,
+    time_steps,
+)  # tools/ first on sys.path
 
 import moefuse
-from moefuse import _cache, _sources, heuristics
+from moefuse import _cache, _sources
 
 
 def step_times(layer, x, weights, ids, reps: int, flush) -> dict[str, float]:
-    _, steps = layer.steps(x, weights, ids)
-    for _, launch in steps:
-        launch()
-    samples: dict[str, list[float]] = {name: [] for name, _ in steps}
+    time_steps(layer, x, weights, ids)  # warm-up
+    samples: dict[str, list[float]] = {}
     for _ in range(reps):
         flush()
-        events = [cp.cuda.Event()]
-        events[0].record()
-        for _, launch in steps:
-            launch()
-            events.append(cp.cuda.Event())
-            events[-1].record()
-        events[-1].synchronize()
-        for (name, _), start, end in zip(steps, events, events[1:], strict=False):
-            samples[name].append(cp.cuda.get_elapsed_time(start, end))
+        for name, ms in time_steps(layer, x, weights, ids).items():
+            samples.setdefault(name, []).append(ms)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -54,12 +50,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument(
-        "--family", choices=("auto", "rows", "swapped"), default="auto", help="Hopper kernels"
-    )
+    add_family_argument(parser)
     args = parser.parse_args()
-    if args.family != "auto":
-        heuristics.choose_sm90_swapped = lambda *_: args.family == "swapped"
+    force_family(args.family)
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     root = _sources.source_root()
     sources = {

@@ -15,7 +15,7 @@ import argparse
 import statistics
 
 import cupy as cp
-from forward_once import random_problem  # tools/ is the script's folder, first on sys.path
+from forward_once import force_family, random_problem, time_steps  # tools/ is first on sys.path
 
 import moefuse
 from moefuse import heuristics
@@ -26,28 +26,13 @@ GRAPH_MAX_TOKENS = 128
 
 
 def force(variant: str) -> None:
-    heuristics.choose_sm90_swapped = lambda *_: variant == "swapped"
+    force_family("swapped" if variant == "swapped" else "rows")
     if variant in ("swapped", "rows"):  # rows: the row-major kernels with the heuristics' tiles
         return
     tile_m, _, bn = variant[1:].partition("n")
     heuristics.choose_sm90_tile_m = lambda *_: int(tile_m)
     widths = Sm90.tile_widths
     Sm90.tile_widths = (lambda self, m: (int(bn),)) if bn else widths
-
-
-def time_steps(layer, x, weights, ids, out, stream) -> dict[str, float]:
-    """ms of each step of one eager forward (plan, gemm1, gemm2, ...), events between them."""
-    _, steps = layer.steps(x, weights, ids, out=out)
-    events = [cp.cuda.Event() for _ in range(len(steps) + 1)]
-    events[0].record(stream)
-    for (_, launch), event in zip(steps, events[1:], strict=True):
-        launch()
-        event.record(stream)
-    events[-1].synchronize()
-    return {
-        name: cp.cuda.get_elapsed_time(a, b)
-        for (name, _), a, b in zip(steps, events[:-1], events[1:], strict=True)
-    }
 
 
 def time_case(

@@ -1,6 +1,8 @@
 """Run a few forwards of one shape (for profilers: ncu --kernel-name ... python3 tools/forward_once.py).
 
-python tools/forward_once.py --shape H,I,E,k --tokens T [--iters 2] [--unfused]
+python tools/forward_once.py --shape H,I,E,k --tokens T [--iters 2] [--unfused] [--family swapped]
+
+Also the setup the A/B scripts share: the random problem, the kernel-family switch, per-step timing.
 """
 
 import argparse
@@ -31,18 +33,44 @@ def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens
     return layer, x, weights, ids
 
 
+FAMILIES = ("auto", "rows", "swapped")
+
+
+def add_family_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", choices=FAMILIES, default="auto", help="Hopper kernels")
+
+
+def force_family(family: str) -> None:
+    """Run the Hopper row-major or swapped kernels at every size ("auto": the heuristics decide)."""
+    if family != "auto":
+        heuristics.choose_sm90_swapped = lambda *_: family == "swapped"
+
+
+def time_steps(layer, x, weights, ids, out=None, stream=None) -> dict[str, float]:
+    """ms of each step of one eager forward (plan, gemm1, gemm2, ...), events between them, on
+    `stream` (default: the current one)."""
+    _, steps = layer.steps(x, weights, ids, out=out)
+    events = [cp.cuda.Event() for _ in range(len(steps) + 1)]
+    events[0].record(stream)
+    for (_, launch), event in zip(steps, events[1:], strict=True):
+        launch()
+        event.record(stream)
+    events[-1].synchronize()
+    return {
+        name: cp.cuda.get_elapsed_time(a, b)
+        for (name, _), a, b in zip(steps, events[:-1], events[1:], strict=True)
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--unfused", action="store_true")
-    parser.add_argument(
-        "--family", choices=("auto", "rows", "swapped"), default="auto", help="Hopper kernels"
-    )
+    add_family_argument(parser)
     args = parser.parse_args()
-    if args.family != "auto":
-        heuristics.choose_sm90_swapped = lambda *_: args.family == "swapped"
+    force_family(args.family)
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     for _ in range(args.iters):
