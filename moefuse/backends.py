@@ -91,9 +91,9 @@ def _zero_args(zero) -> tuple:
 
 class Sm90:
     """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu) and
-    swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a
-    persistent grid of at most one 384-thread CTA per SM; B (and GEMM2's A) arrive by TMA, GEMM1
-    gathers x's rows with cp.async."""
+    swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a persistent grid of at most one
+    384-thread CTA per SM. Row-major: B (and GEMM2's A) arrive by TMA, GEMM1 gathers x's rows with
+    cp.async. Swapped: both operands arrive by TMA, GEMM1's token rows from x_perm."""
 
     name = "sm90"
     CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
@@ -209,7 +209,7 @@ class Sm90:
         block_out = self.SWAPPED_ROWS // 2 if swiglu else self.SWAPPED_ROWS
         chunks = heuristics.max_expert_chunks(plan.num_tokens * plan.top_k, plan.num_local_experts)
         units = chunks * cdiv(n, block_out)
-        grid = max(1, min(units, _device.multiprocessor_count(_device.require_gpu())))
+        grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
         args = (
             w_desc,
             _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX),

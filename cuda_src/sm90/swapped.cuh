@@ -18,8 +18,9 @@
 // 256 rows per stage with cp.async starved the MMAs, docs/PERF.md).
 // GEMM2: A is 128 rows of w2 (output features), B the chunk's rows of h.
 // B arrives by TMA in 32-row boxes, only as many as the chunk's rows need.
-// Epilogues as in grouped_gemm.cuh, transposed on the way: the (feature, token) fragments are
-// staged as fp32 [token][feature] in shared memory, then each thread moves 16-byte vectors of one
+// Epilogues as in grouped_gemm.cuh, finished in registers (bias, SwiGLU, router weight) and
+// transposed on the way: the (feature, token) fragments are staged as OutT [token][feature] in
+// shared memory (16-bit outputs by stmatrix.trans), then each thread moves 16-byte vectors of one
 // token's features to global memory.
 #pragma once
 #include "grouped_gemm.cuh"
@@ -335,15 +336,16 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
         const int j0 = (pass * G::PASS_ROWS) / 8 + s * GROUPS_PER_STORE;  // first token group
         if (8 * j0 >= tile.rows) break;
         // matrix m: token group j0 + m (GEMM1) or j0 + m / 2, feature half m % 2 (GEMM2)
+        auto group = [&](int m) { return j0 + (SWIGLU ? m : m / 2); };
+        auto half = [&](int m) { return SWIGLU ? 0 : m % 2; };
         auto place = [&](int m) {
-          const int j = j0 + (SWIGLU ? m : m / 2), h = SWIGLU ? 0 : m % 2;
-          return Place{8 * j - pass * G::PASS_ROWS,
-                       (SWIGLU ? 8 * warp : 16 * warp + 8 * h) * (int)sizeof(OutT)};
+          return Place{8 * group(m) - pass * G::PASS_ROWS,
+                       (SWIGLU ? 8 * warp : 16 * warp + 8 * half(m)) * (int)sizeof(OutT)};
         };
         float v[4][2];
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
-          const int j = j0 + (SWIGLU ? m : m / 2), h = SWIGLU ? 0 : m % 2;
+          const int j = group(m), h = half(m);
           float token_scale[2] = {1.0f, 1.0f};
           if (SCATTER) {
             const float2 w = *reinterpret_cast<const float2*>(out_scale + 8 * j + 2 * (lane % 4));
