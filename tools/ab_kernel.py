@@ -1,11 +1,12 @@
-"""A/B timing of a kernel-source variant against the current one, in one process on one GPU.
+"""A/B timing of kernel-source variants against the current one, in one process on one GPU.
 
-    python tools/ab_kernel.py cuda_src/sm90/variant.cu [--module sm90_grouped_gemm_m128]
+    python tools/ab_kernel.py cuda_src/sm90/variant.cu [more.cu ...] [--module sm90_grouped_gemm_m128]
         [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10] [--family auto|rows|swapped]
 
-The variant must define the same entry points (it is loaded in place of the module's source).
-Rounds alternate between the two sources; each reports the median ms of every forward step
-(MoELayer.steps), so machine drift hits both alike. Prints a table: step, current, variant, ratio.
+A variant must define the same entry points (it is loaded in place of the module's source).
+Rounds cycle through the sources; each reports the median ms of every forward step
+(MoELayer.steps), so machine drift hits all alike. Prints a table: step, current, then each
+variant's ms and its ratio to current.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def use_source(module: str, source: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("variant", type=Path)
+    parser.add_argument("variants", type=Path, nargs="+")
     parser.add_argument("--module", default="sm90_grouped_gemm_m128")
     parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
     parser.add_argument("--tokens", type=int, default=4096)
@@ -55,10 +56,9 @@ def main() -> None:
     force_family(args.family)
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     root = _sources.source_root()
-    sources = {
-        "current": _sources.MODULES[args.module],
-        "variant": str(args.variant.resolve().relative_to(root)),
-    }
+    sources = {"current": _sources.MODULES[args.module]}
+    for variant in args.variants:
+        sources[variant.stem] = str(variant.resolve().relative_to(root))
 
     layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     scratch = cp.empty(256 << 20, dtype=cp.uint8)
@@ -69,15 +69,26 @@ def main() -> None:
             use_source(args.module, source)
             outputs[name] = layer(x, weights, ids).astype(cp.float32)
             results[name].append(step_times(layer, x, weights, ids, args.reps, lambda: scratch.fill(0)))
-    diff = float(cp.linalg.norm(outputs["variant"] - outputs["current"]) / cp.linalg.norm(outputs["current"]))
+    reference = cp.linalg.norm(outputs["current"])
+    diffs = [
+        f"{name} {float(cp.linalg.norm(outputs[name] - outputs['current']) / reference):.2e}"
+        for name in outputs
+    ]
     print(
-        f"{moefuse.gpu_name()}  shape H,I,E,k={args.shape}  T={args.tokens}  rel diff of outputs {diff:.2e}"
+        f"{moefuse.gpu_name()}  shape H,I,E,k={args.shape}  T={args.tokens}",
+        f"rel diff of outputs: {', '.join(diffs[1:])}",
     )
-    print(f"{'step':10} {'current ms':>11} {'variant ms':>11} {'ratio':>7}")
+    print(
+        f"{'step':10} {'current ms':>11}"
+        + "".join(f" {name[:14]:>14} {'ratio':>6}" for name in list(sources)[1:])
+    )
     for step in results["current"][0]:
         cur = statistics.median(r[step] for r in results["current"])
-        var = statistics.median(r[step] for r in results["variant"])
-        print(f"{step:10} {cur:11.4f} {var:11.4f} {var / cur:7.3f}")
+        row = f"{step:10} {cur:11.4f}"
+        for name in list(sources)[1:]:
+            var = statistics.median(r[step] for r in results[name])
+            row += f" {var:14.4f} {var / cur:6.3f}"
+        print(row)
 
 
 if __name__ == "__main__":
