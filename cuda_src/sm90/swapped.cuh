@@ -9,7 +9,8 @@
 // into shared memory and numbers the chunks (a scan of ceil(count / 256) over the experts). Units
 // are walked expert by expert; inside an expert, GROUP_N weight blocks at a time, chunk, then
 // block: the CTAs on one expert share its token rows through L2, and its chunks share each
-// weight tile.
+// weight tile. An expert of two chunks walks block, then chunk: its two units of a weight block
+// start side by side, so the tile comes from DRAM once.
 //
 // GEMM1: A is w1 seen through a 5-D TMA map, so that each 16-row group of a warpgroup's 64 rows
 // holds 8 gate rows, then the 8 matching up rows. Thread (warp w, lane l) then holds the gate and
@@ -115,11 +116,12 @@ struct Experts {
     const int r = u - chunk_first[lo] * num_blocks;
     const int group = r / (chunks * GROUP_N), in_group = r - group * chunks * GROUP_N;
     const int width = min(GROUP_N, num_blocks - group * GROUP_N);
-    const int c = in_group / width;
+    const bool chunk_inner = chunks <= 2;
+    const int c = chunk_inner ? in_group % chunks : in_group / width;
     const int size = (rows[lo] + chunks - 1) / chunks;
     Chunk t;
     t.expert = lo;
-    t.block = group * GROUP_N + in_group % width;
+    t.block = group * GROUP_N + (chunk_inner ? in_group / chunks : in_group % width);
     t.first_row = first_row[lo] + c * size;
     t.rows = min(size, rows[lo] - c * size);
     return t;
