@@ -262,7 +262,7 @@ class Sm90:
             w_desc = _tma.tile_desc(w2, self.SWAPPED_ROWS)
             self._launch_swapped(name, False, w_desc, a, b2, plan, topk_weights, out, depth, n)
             return
-        max_splits = heuristics.max_scatter_splits(plan.top_k)
+        max_splits = heuristics.max_scatter_splits(plan.top_k, out.dtype.itemsize)
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, max_splits=max_splits)
         name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}_out_{dtype_tag(out.dtype)}"
         a_desc = self._a_desc(a, plan)

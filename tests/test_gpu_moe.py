@@ -291,14 +291,16 @@ def test_decode_shapes_split_k(rng, dtype, num_tokens):
         assert reference.relative_error(out.get(), want) < TOLERANCE[dtype]
 
 
-def test_split_k_with_an_uneven_depth(rng):
-    """H=256, I=6464 at T=1, k=3: GEMM2 has 6 units and 101 K blocks, split 21 ways (never into
-    an empty slice)."""
+@pytest.mark.parametrize("out_dtype", ["bf16", "float32"])
+def test_split_k_with_an_uneven_depth(rng, out_dtype):
+    """H=256, I=6464 at T=1, k=3: the row-major GEMM2 has 6 units and 101 K blocks, split 21 ways
+    into a float32 output (never into an empty slice), 2 into bf16 (at most 8 rounded adds per
+    element)."""
     p = moe_problem(rng, "bf16", 1, 256, 6464, 3, top_k=3, bias=True)
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
-    out = poisoned((1, 256), DTYPES["bf16"])
+    out = poisoned((1, 256), DTYPES.get(out_dtype, np.float32))
     layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=True)
     assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
 
