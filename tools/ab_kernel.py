@@ -56,9 +56,9 @@ def main() -> None:
     force_family(args.family)
     hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     root = _sources.source_root()
-    sources = {"current": _sources.MODULES[args.module]}
-    for variant in args.variants:
-        sources[variant.stem] = str(variant.resolve().relative_to(root))
+    # keyed by source path: two variants of one file name in different folders stay apart
+    variants = [str(v.resolve().relative_to(root)) for v in args.variants]
+    sources = {"current": _sources.MODULES[args.module], **{v: v for v in variants}}
 
     layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
     scratch = cp.empty(256 << 20, dtype=cp.uint8)
@@ -71,21 +71,21 @@ def main() -> None:
             results[name].append(step_times(layer, x, weights, ids, args.reps, lambda: scratch.fill(0)))
     reference = cp.linalg.norm(outputs["current"])
     diffs = [
-        f"{name} {float(cp.linalg.norm(outputs[name] - outputs['current']) / reference):.2e}"
-        for name in outputs
+        f"{Path(v).stem} {float(cp.linalg.norm(outputs[v] - outputs['current']) / reference):.2e}"
+        for v in variants
     ]
     print(
         f"{moefuse.gpu_name()}  shape H,I,E,k={args.shape}  T={args.tokens}",
-        f"rel diff of outputs: {', '.join(diffs[1:])}",
+        f"rel diff of outputs: {', '.join(diffs)}",
     )
     print(
         f"{'step':10} {'current ms':>11}"
-        + "".join(f" {name[:14]:>14} {'ratio':>6}" for name in list(sources)[1:])
+        + "".join(f" {Path(v).stem[:14]:>14} {'ratio':>6}" for v in variants)
     )
     for step in results["current"][0]:
         cur = statistics.median(r[step] for r in results["current"])
         row = f"{step:10} {cur:11.4f}"
-        for name in list(sources)[1:]:
+        for name in variants:
             var = statistics.median(r[step] for r in results[name])
             row += f" {var:14.4f} {var / cur:6.3f}"
         print(row)
