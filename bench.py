@@ -189,12 +189,17 @@ def time_fn(
     warmup: int = 5,
     flush: Callable[[], object] | None = None,
     max_seconds: float = 3.0,
+    rest: float = 0.0,
 ) -> float:
     """Median milliseconds of fn(i), i rotating over the input sets, timed with CUDA events.
 
     `flush` runs before each repetition's start event, so its time is not measured. Slow
     functions get fewer repetitions (at least 5) so a measurement takes about max_seconds.
+    `rest` seconds of idle GPU come first: every measurement then starts from the power state
+    the ceilings were measured in, not from whatever the measurement before it left behind.
     """
+    stream.synchronize()
+    time.sleep(rest)
     t0 = time.perf_counter()
     for i in range(max(1, warmup)):
         fn(i % n_sets)
@@ -221,20 +226,20 @@ def probe_bf16_matmul() -> bool:
         return False
 
 
-def matmul_ceiling(stream: cp.cuda.Stream, dtype: np.dtype, n: int = 8192) -> float:
+def matmul_ceiling(stream: cp.cuda.Stream, dtype: np.dtype, rest: float, n: int = 8192) -> float:
     a, b = randn((n, n), 1.0, dtype), randn((n, n), 1.0, dtype)
-    ms = time_fn(lambda _: cp.matmul(a, b), stream, reps=20, warmup=3, max_seconds=60)
+    ms = time_fn(lambda _: cp.matmul(a, b), stream, reps=20, warmup=3, max_seconds=60, rest=rest)
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def copy_ceiling(stream: cp.cuda.Stream, nbytes: int = GiB) -> float:
+def copy_ceiling(stream: cp.cuda.Stream, rest: float, nbytes: int = GiB) -> float:
     src, dst = cp.ones(nbytes, dtype=cp.uint8), cp.empty(nbytes, dtype=cp.uint8)
     d2d = cp.cuda.runtime.memcpyDeviceToDevice
 
     def copy(_: int) -> None:
         cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes, d2d, stream.ptr)
 
-    ms = time_fn(copy, stream, reps=20, warmup=3, max_seconds=60)
+    ms = time_fn(copy, stream, reps=20, warmup=3, max_seconds=60, rest=rest)
     return 2 * nbytes / (ms * 1e-3) / 1e9  # bytes read + bytes written
 
 
@@ -411,10 +416,12 @@ def stage_times(layer: Any, case: Case, fused: bool, ctx: dict[str, Any], reps: 
     x, w, ids = case.sets[0]
     out = cp.empty((case.T, case.shape.H), dtype=case.dtype)
     _, steps = layer.steps(x, w, ids, out=out, fused_finalize=fused)
+    stream = ctx["stream"]
+    stream.synchronize()
+    time.sleep(ctx["tkw"]["rest"])
     for _, launch in steps:
         launch()
     samples: dict[str, list[float]] = {name: [] for name, _ in steps}
-    stream = ctx["stream"]
     for _ in range(reps):
         ctx["flush"]()
         events = [cp.cuda.Event()]
@@ -632,6 +639,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--sets", type=int, default=4, help="input sets rotated between repetitions")
     add("--graph-max-tokens", type=int, default=128, help="CUDA-graph moefuse for T <= this")
     add("--max-seconds", type=float, default=3.0, help="cut reps (to >= 5) of slow calls to this")
+    rest_help = "idle seconds before each measurement (the GPU's power state resets; 0: none)"
+    add("--rest", type=float, default=0.5, help=rest_help)
     add("--no-baseline", action="store_true", help="skip baselines (CuPy still checks moefuse)")
     add("--json", metavar="FILE", help="also write all results to FILE")
     add("--stages", action="store_true", help="also time each step of the forward (plan, GEMMs, ...)")
@@ -669,9 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"GPU: {gpu['name']}; measuring ceilings ...")
         bf16_mm = BF16 is not None and probe_bf16_matmul()
         ceilings = {
-            "matmul_tflops": matmul_ceiling(stream, BF16 if bf16_mm else np.dtype(np.float16)),
+            "matmul_tflops": matmul_ceiling(stream, BF16 if bf16_mm else np.dtype(np.float16), args.rest),
             "matmul_dtype": "bf16" if bf16_mm else "fp16 (CuPy refused bf16)",
-            "copy_gbps": copy_ceiling(stream),
+            "copy_gbps": copy_ceiling(stream, args.rest),
         }
         free_pools()
         flush_buf = cp.empty(max(128 << 20, 4 * gpu["l2_bytes"]), dtype=cp.uint8)
@@ -683,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
             "bf16_mm": bf16_mm,
             "dtype": BF16 if args.dtype == "bf16" else np.dtype(np.float16),
             "flush": lambda: cp.cuda.runtime.memsetAsync(ptr, 0, n_flush, stream.ptr),
-            "tkw": {"reps": args.reps, "warmup": args.warmup, "max_seconds": args.max_seconds},
+            "tkw": {
+                "reps": args.reps,
+                "warmup": args.warmup,
+                "max_seconds": args.max_seconds,
+                "rest": args.rest,
+            },
         }
         total = len(args.shapes) * sum(1 + (args.skew and T >= 2) for T in args.tokens)
         progress = (f"{i}/{total}" for i in range(1, total + 1))
@@ -699,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": getattr(sys.modules.get("torch"), "__version__", None),
         "timing": f"CUDA events, median of <= {args.reps} reps after {args.warmup} warm-ups over "
         f"{args.sets} rotating input sets; L2 flushed by a {n_flush >> 20} MiB memset before each "
-        f"rep (outside the events); moefuse as CUDA-graph replays for T <= {args.graph_max_tokens}",
+        f"rep (outside the events); moefuse as CUDA-graph replays for T <= {args.graph_max_tokens}; "
+        f"{args.rest:g} s idle before each measurement",
     }
     print(report(meta, rows))
     if args.json:
