@@ -180,6 +180,24 @@ def gpu_info(moefuse: Any) -> dict[str, Any]:
     }
 
 
+WARM_SECONDS = 0.05  # of warm-up calls at least: the clock climbs back from idle in a few ms
+
+
+def rest_and_warm(fn: Callable[[int], object], stream: cp.cuda.Stream, rest: float, calls: int) -> float:
+    """Idle the GPU `rest` seconds, then call fn(i) at least `calls` times and for at least
+    WARM_SECONDS. Returns the seconds per call."""
+    stream.synchronize()
+    time.sleep(rest)
+    t0, done = time.perf_counter(), 0
+    while done < max(1, calls) or time.perf_counter() - t0 < WARM_SECONDS:
+        fn(done)
+        done += 1
+        if done >= calls:
+            stream.synchronize()
+    stream.synchronize()
+    return (time.perf_counter() - t0) / done
+
+
 def time_fn(
     fn: Callable[[int], object],
     stream: cp.cuda.Stream,
@@ -198,13 +216,7 @@ def time_fn(
     `rest` seconds of idle GPU come first: every measurement then starts from the power state
     the ceilings were measured in, not from whatever the measurement before it left behind.
     """
-    stream.synchronize()
-    time.sleep(rest)
-    t0 = time.perf_counter()
-    for i in range(max(1, warmup)):
-        fn(i % n_sets)
-    stream.synchronize()
-    per_call = (time.perf_counter() - t0) / max(1, warmup)
+    per_call = rest_and_warm(lambda i: fn(i % n_sets), stream, rest, warmup)
     reps = min(reps, max(5, int(max_seconds / max(per_call, 1e-6))))
     events = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(reps)]
     for r, (start, end) in enumerate(events):
@@ -417,10 +429,12 @@ def stage_times(layer: Any, case: Case, fused: bool, ctx: dict[str, Any], reps: 
     out = cp.empty((case.T, case.shape.H), dtype=case.dtype)
     _, steps = layer.steps(x, w, ids, out=out, fused_finalize=fused)
     stream = ctx["stream"]
-    stream.synchronize()
-    time.sleep(ctx["tkw"]["rest"])
-    for _, launch in steps:
-        launch()
+
+    def forward(_: int) -> None:
+        for _, launch in steps:
+            launch()
+
+    rest_and_warm(forward, stream, ctx["tkw"]["rest"], 1)
     samples: dict[str, list[float]] = {name: [] for name, _ in steps}
     for _ in range(reps):
         ctx["flush"]()
