@@ -6,9 +6,9 @@ compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
 import cupy
 import ml_dtypes
 import numpy as np
+from forward_once import force_family  # tools/ is first on sys.path
 
 import moefuse
-from moefuse import heuristics
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
     many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
     big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
     big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
-    for swapped in (False, True):  # both Hopper kernel families at every size
-        heuristics.choose_sm90_swapped = lambda *_, swapped=swapped: swapped
+    for family in ("rows", "swapped"):  # both Hopper kernel families at every size
+        force_family(family)
         for fused in (True, False):
             layer(x, weights, ids, fused_finalize=fused)
             layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
