@@ -15,6 +15,8 @@ MODULES: dict[str, str] = {
     "sm90_grouped_gemm_m64": "sm90/grouped_gemm_m64.cu",
     "sm90_swapped_bf16": "sm90/swapped_bf16.cu",
     "sm90_swapped_f16": "sm90/swapped_f16.cu",
+    "sm90_swapped_wide_bf16": "sm90/swapped_wide_bf16.cu",
+    "sm90_swapped_wide_f16": "sm90/swapped_wide_f16.cu",
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
 MODULE_ARCHS: dict[str, tuple[str, ...]] = {
@@ -22,6 +24,8 @@ MODULE_ARCHS: dict[str, tuple[str, ...]] = {
     "sm90_grouped_gemm_m64": ("sm_90a",),
     "sm90_swapped_bf16": ("sm_90a",),
     "sm90_swapped_f16": ("sm_90a",),
+    "sm90_swapped_wide_bf16": ("sm_90a",),
+    "sm90_swapped_wide_f16": ("sm_90a",),
 }
 
 

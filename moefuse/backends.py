@@ -93,7 +93,8 @@ class Sm90:
     """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu) and
     swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a persistent grid of at most one
     384-thread CTA per SM. Row-major: B (and GEMM2's A) arrive by TMA, GEMM1 gathers x's rows with
-    cp.async. Swapped: both operands arrive by TMA, GEMM1's token rows from x_perm."""
+    cp.async. Swapped (narrow or wide tiles, modules swapped_{bf16,f16}.cu and
+    swapped_wide_{bf16,f16}.cu): both operands arrive by TMA, GEMM1's token rows from x_perm."""
 
     name = "sm90"
     CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
@@ -110,9 +111,7 @@ class Sm90:
     }
     STAGING_BYTES = 2 * 64 * (128 + 16)  # Layout::STAGING_*: two warpgroups' 64 padded rows
 
-    # cuda_src/sm90/swapped.cuh: weight rows per tile (BW), STAGES, TOKEN_BOX, STAGING_BYTES
-    SWAPPED_ROWS = 128
-    SWAPPED_STAGES = 4
+    # cuda_src/sm90/swapped.cuh: TOKEN_BOX, STAGING_BYTES (the tiles: heuristics.SwappedTiles)
     SWAPPED_TOKEN_BOX = 32
     SWAPPED_STAGING_BYTES = 128 * (32 * 2 + 16)
 
@@ -180,19 +179,23 @@ class Sm90:
         )
         launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(plan.tile_m, bn))
 
-    def swapped_smem_bytes(self) -> int:
-        """swapped::Layout::BYTES: the stages, two warpgroups' staging and chunk rows, the expert
-        tables, the barriers."""
-        rows, experts = heuristics.SWAPPED_MAX_ROWS, heuristics.SWAPPED_MAX_EXPERTS
-        stages = self.SWAPPED_STAGES * (self.SWAPPED_ROWS + rows) * self.BK * 2
+    @staticmethod
+    def swapped_tiles(plan) -> heuristics.SwappedTiles:
+        return heuristics.choose_sm90_swapped_tiles(plan.num_tokens, plan.top_k, plan.num_local_experts)
+
+    def swapped_smem_bytes(self, tiles: heuristics.SwappedTiles) -> int:
+        """swapped::Layout<Tiles>::BYTES: the stages, two warpgroups' staging and chunk rows, the
+        expert tables, the barriers."""
+        rows, experts = tiles.max_rows, heuristics.SWAPPED_MAX_EXPERTS
+        stages = tiles.stages * (tiles.weight_rows + rows) * self.BK * 2
         tables = -(-3 * (experts + 1) * 4 // 8) * 8
-        return stages + 2 * self.SWAPPED_STAGING_BYTES + 2 * rows * 8 + tables + 2 * self.SWAPPED_STAGES * 8
+        return stages + 2 * self.SWAPPED_STAGING_BYTES + 2 * rows * 8 + tables + 2 * tiles.stages * 8
 
     def _launch_swapped(
         self,
-        name: str,
+        kernel: str,
         swiglu: bool,
-        w_desc,
+        w,
         tokens,
         bias,
         plan,
@@ -202,12 +205,20 @@ class Sm90:
         n: int,
         zero=None,
     ) -> None:
-        """cuda_src/sm90/swapped.cuh: `tokens` (x_perm or h) is loaded in 32-row boxes. A unit is
-        one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them gate
-        rows, so half as many outputs)."""
-        fn = function(f"sm90_swapped_{dtype_tag(tokens.dtype)}", name)
-        block_out = self.SWAPPED_ROWS // 2 if swiglu else self.SWAPPED_ROWS
-        chunks = heuristics.max_expert_chunks(plan.num_tokens * plan.top_k, plan.num_local_experts)
+        """cuda_src/sm90/swapped.cuh: `kernel` is the entry's name after its module prefix; `w` is
+        w1 (gate/up groups, 5-D map) or w2; `tokens` (x_perm or h) is loaded in 32-row boxes. A unit
+        is one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them
+        gate rows, so half as many outputs)."""
+        tiles = self.swapped_tiles(plan)
+        fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
+        if swiglu:
+            w_desc = _tma.gate_up_groups_desc(w, tiles.weight_rows // 2 // _tma.GATE_UP_GROUP)
+        else:
+            w_desc = _tma.tile_desc(w, tiles.weight_rows)
+        block_out = tiles.weight_rows // 2 if swiglu else tiles.weight_rows
+        chunks = heuristics.max_expert_chunks(
+            plan.num_tokens * plan.top_k, plan.num_local_experts, tiles.max_rows
+        )
         units = chunks * cdiv(n, block_out)
         grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
         args = (
@@ -220,7 +231,7 @@ class Sm90:
             *_epilogue_args(plan, topk_weights, out, depth, n),
             *_zero_args(zero),
         )
-        launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes())
+        launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes(tiles))
 
     def _a_desc(self, a, plan) -> object:
         return _tma.tile_desc(a, plan.tile_m)
@@ -236,9 +247,8 @@ class Sm90:
         `permutes_x`). Also zeroes `zero` if given."""
         inter, hidden = w1.shape[1] // 2, w1.shape[2]
         if self.swapped(plan, inter):
-            w_desc = _tma.gate_up_groups_desc(w1, self.SWAPPED_ROWS // 2 // _tma.GATE_UP_GROUP)
-            name = f"sm90_swapped_gemm1_swiglu_{dtype_tag(x.dtype)}"
-            self._launch_swapped(name, True, w_desc, x_perm, b1, plan, None, h, hidden, inter, zero)
+            kernel = f"gemm1_swiglu_{dtype_tag(x.dtype)}"
+            self._launch_swapped(kernel, True, w1, x_perm, b1, plan, None, h, hidden, inter, zero)
             return
         bn, _ = self._tiles(plan, inter, hidden, swiglu=True, max_splits=1)
         name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}_n{bn}"
@@ -247,9 +257,9 @@ class Sm90:
     def gemm2_store(self, a, w2, b2, plan, y) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         if self.swapped(plan, depth):
-            name = f"sm90_swapped_gemm2_store_{dtype_tag(a.dtype)}"
-            w_desc = _tma.tile_desc(w2, self.SWAPPED_ROWS)
-            self._launch_swapped(name, False, w_desc, a, b2, plan, None, y, depth, n)
+            self._launch_swapped(
+                f"gemm2_store_{dtype_tag(a.dtype)}", False, w2, a, b2, plan, None, y, depth, n
+            )
             return
         bn, _ = self._tiles(plan, n, depth, swiglu=False, max_splits=1)
         name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}"
@@ -258,9 +268,8 @@ class Sm90:
     def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
         n, depth = w2.shape[1], w2.shape[2]
         if self.swapped(plan, depth):
-            name = f"sm90_swapped_gemm2_scatter_{dtype_tag(a.dtype)}_out_{dtype_tag(out.dtype)}"
-            w_desc = _tma.tile_desc(w2, self.SWAPPED_ROWS)
-            self._launch_swapped(name, False, w_desc, a, b2, plan, topk_weights, out, depth, n)
+            kernel = f"gemm2_scatter_{dtype_tag(a.dtype)}_out_{dtype_tag(out.dtype)}"
+            self._launch_swapped(kernel, False, w2, a, b2, plan, topk_weights, out, depth, n)
             return
         max_splits = heuristics.max_scatter_splits(plan.top_k, out.dtype.itemsize)
         bn, k_splits = self._tiles(plan, n, depth, swiglu=False, max_splits=max_splits)

@@ -5,10 +5,14 @@ tile_m (the M extent of a grouped-GEMM tile, and the padding unit of each expert
 weight tile loaded). The portable kernels switch at 128 rows per expert; the Hopper ones keep 64
 only while an expert's rows fit one tile (choose_sm90_tile_m). Where padding still costs more
 than a gather pass of x, the Hopper GEMMs swap their operands instead (choose_sm90_swapped): the
-plan's padding is then never multiplied.
+plan's padding is then never multiplied. Those come in two tile geometries
+(choose_sm90_swapped_tiles).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 SMALL_TILE_M = 64
 LARGE_TILE_M = 128
@@ -40,8 +44,21 @@ def choose_sm90_tile_m(num_tokens: int, top_k: int, num_local_experts: int) -> i
     return SMALL_TILE_M if rows_per_expert < SM90_LARGE_TILE_FROM_ROWS and many_experts else LARGE_TILE_M
 
 
-SWAPPED_MAX_ROWS = 256  # cuda_src/sm90/swapped.cuh: token rows per chunk (the MMA's N)
-SWAPPED_MAX_EXPERTS = 512  # ... local experts whose tables fit in its shared memory
+@dataclass(frozen=True)
+class SwappedTiles:
+    """A tile geometry of cuda_src/sm90/swapped.cuh (swapped::Tiles)."""
+
+    weight_rows: int  # BW: the MMAs' M side per tile
+    max_rows: int  # MAX_ROWS: token rows per chunk, the MMAs' N
+    stages: int
+    module: str  # the kernels' module and name prefix (then _{dtype})
+
+
+SWAPPED_NARROW = SwappedTiles(weight_rows=128, max_rows=256, stages=4, module="sm90_swapped")
+SWAPPED_WIDE = SwappedTiles(weight_rows=256, max_rows=192, stages=3, module="sm90_swapped_wide")
+SWAPPED_TILES = (SWAPPED_NARROW, SWAPPED_WIDE)
+SWAPPED_WIDE_FROM_ROWS = 2048  # per expert, on average: wide whatever the chunk counts
+SWAPPED_MAX_EXPERTS = 512  # local experts whose tables fit in the kernels' shared memory
 
 
 SWAPPED_MIN_ROWS = 96  # per expert, on average
@@ -68,11 +85,42 @@ def choose_sm90_swapped(num_tokens: int, top_k: int, num_local_experts: int, int
     return rows_per_expert >= SWAPPED_MIN_ROWS and gather_share <= SWAPPED_MAX_GATHER_SHARE
 
 
-def max_expert_chunks(pairs: int, num_local_experts: int) -> int:
-    """Most chunks of at most SWAPPED_MAX_ROWS rows that `pairs` routed rows make: at most
-    min(E_local, pairs) experts are hit, and sum_e ceil(c_e / 256) <= (pairs + hit * 255) / 256."""
+def chunk_counts_vary(rows_per_expert: float, max_rows: int) -> bool:
+    """Whether experts around the average (+-2 sqrt(r), random routing's spread) split into
+    different numbers of chunks of at most `max_rows` rows: their units then differ in size, and
+    the experts of 3+ chunks walk their weight blocks in a different order."""
+    spread = 2 * math.sqrt(rows_per_expert)
+    low, high = rows_per_expert - spread, rows_per_expert + spread
+    return math.ceil(low / max_rows) != math.ceil(high / max_rows)
+
+
+def choose_sm90_swapped_tiles(num_tokens: int, top_k: int, num_local_experts: int) -> SwappedTiles:
+    """The swapped kernels' tile geometry. The wide tiles (256 weight rows x up to 192 tokens)
+    ask the L2 for ~22% fewer bytes per FLOP than the narrow ones (128 x 256), with three stages
+    instead of four, and their chunks are cut at multiples of 192 rows instead of 256.
+
+    Same-process A/B of whole forwards, wide / narrow (docs/PERF.md, change 52, H100), by rows
+    per expert r: 128: DeepSeek-V3 1.10, Mixtral 0.99; 192: DeepSeek-V3 1.10; 256: DeepSeek-V3
+    0.94, Mixtral 0.95; 384: DeepSeek-V3 1.22; 512: DeepSeek-V3 0.96, Mixtral 1.02-1.03; 1024:
+    Mixtral 0.99-1.02; 2048: 0.97; 4096: 0.95. Where r sits at a multiple of one geometry's chunk
+    size, that geometry's experts split into different chunk counts and it loses; with many
+    chunks per expert the wide tiles' L2 saving wins. So: wide from 2048 rows per expert, and
+    below where the narrow chunk counts vary and the wide ones do not."""
+    rows = num_tokens * top_k / num_local_experts
+    if rows >= SWAPPED_WIDE_FROM_ROWS:
+        return SWAPPED_WIDE
+    if chunk_counts_vary(rows, SWAPPED_NARROW.max_rows) and not chunk_counts_vary(
+        rows, SWAPPED_WIDE.max_rows
+    ):
+        return SWAPPED_WIDE
+    return SWAPPED_NARROW
+
+
+def max_expert_chunks(pairs: int, num_local_experts: int, max_rows: int) -> int:
+    """Most chunks of at most `max_rows` rows that `pairs` routed rows make: at most
+    min(E_local, pairs) experts are hit, and sum_e ceil(c_e / m) <= (pairs + hit * (m - 1)) / m."""
     hit = min(num_local_experts, pairs)
-    return (pairs + hit * (SWAPPED_MAX_ROWS - 1)) // SWAPPED_MAX_ROWS
+    return (pairs + hit * (max_rows - 1)) // max_rows
 
 
 def choose_sm90_tiles(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moefuse import _cache, _nvrtc, _sources
+from moefuse import _cache, _nvrtc, _sources, heuristics
 
 ARCHS = ("sm_80", "sm_90a", "sm_100a")
 
@@ -111,13 +111,12 @@ def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, tile_m):
             assert ("F32x4" if name.endswith("f32") else "16x8") in sass, name
 
 
+@pytest.mark.parametrize("tiles", heuristics.SWAPPED_TILES, ids=lambda t: t.module)
 @pytest.mark.parametrize("tag", ["bf16", "f16"])
-def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled, tag):
-    from moefuse import heuristics
-
-    functions = sass_functions(compiled[("sm_90a", f"sm90_swapped_{tag}")][0])
+def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled, tag, tiles):
+    functions = sass_functions(compiled[("sm_90a", f"{tiles.module}_{tag}")][0])
     assert len(functions) == 4  # GEMM1, GEMM2 store, GEMM2 scatter into 16-bit and f32 outputs
-    widths = {f"HGMMA.64x{n}x16" for n in range(16, heuristics.SWAPPED_MAX_ROWS + 1, 16)}
+    widths = {f"HGMMA.64x{n}x16" for n in range(16, tiles.max_rows + 1, 16)}
     for name, sass in functions.items():
         assert all(width in sass for width in widths), f"{name} lacks an MMA width"
         assert "UTMALDG.2D" in sass, f"{name} has no TMA load"  # token rows (and w2)
@@ -144,13 +143,14 @@ def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
                 f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_f32",
             ):
                 assert name in names
-        for name in (
-            f"sm90_swapped_gemm1_swiglu_{tag}",
-            f"sm90_swapped_gemm2_store_{tag}",
-            f"sm90_swapped_gemm2_scatter_{tag}_out_{tag}",
-            f"sm90_swapped_gemm2_scatter_{tag}_out_f32",
-        ):
-            assert name in names
+        for prefix in (tiles.module for tiles in heuristics.SWAPPED_TILES):
+            for name in (
+                f"{prefix}_gemm1_swiglu_{tag}",
+                f"{prefix}_gemm2_store_{tag}",
+                f"{prefix}_gemm2_scatter_{tag}_out_{tag}",
+                f"{prefix}_gemm2_scatter_{tag}_out_f32",
+            ):
+                assert name in names
         for tile_m in Sm80.TILE_M:
             for name in (
                 f"gemm1_swiglu_{tag}_m{tile_m}",

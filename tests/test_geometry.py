@@ -58,11 +58,13 @@ def test_hopper_gemm_geometry():
 
 def test_swapped_hopper_gemm_geometry():
     c = cuda_constants((_sources.source_root() / "sm90" / "swapped.cuh").read_text())
-    assert (c["BW"], c["STAGES"], c["TOKEN_BOX"], c["STAGING_BYTES"]) == (
-        Sm90.SWAPPED_ROWS,
-        Sm90.SWAPPED_STAGES,
+    assert (c["TOKEN_BOX"], c["STAGING_BYTES"], c["MAX_EXPERTS"]) == (
         Sm90.SWAPPED_TOKEN_BOX,
         Sm90.SWAPPED_STAGING_BYTES,
+        heuristics.SWAPPED_MAX_EXPERTS,
     )
-    assert (c["MAX_ROWS"], c["MAX_EXPERTS"]) == (heuristics.SWAPPED_MAX_ROWS, heuristics.SWAPPED_MAX_EXPERTS)
-    assert Sm90().swapped_smem_bytes() <= 232448  # the kernel's static_assert, mirrored
+    for prefix, tiles in (("NARROW", heuristics.SWAPPED_NARROW), ("WIDE", heuristics.SWAPPED_WIDE)):
+        kernel = (c[f"{prefix}_BW"], c[f"{prefix}_MAX_ROWS"], c[f"{prefix}_STAGES"])
+        assert kernel == (tiles.weight_rows, tiles.max_rows, tiles.stages)
+        assert Sm90().swapped_smem_bytes(tiles) <= 232448  # the kernel's static_assert, mirrored
+        assert f"{tiles.module}_bf16" in _sources.MODULES and f"{tiles.module}_f16" in _sources.MODULES

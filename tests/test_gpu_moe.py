@@ -10,10 +10,11 @@ from tests.gpu_data import DTYPES, TOLERANCE, moe_problem, random_ids
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-swapped"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-swapped", "sm90-wide"])
 def backend(request, monkeypatch):
     """Every test runs on each GEMM backend the GPU has (the portable one everywhere); on Hopper
-    with each kernel family forced at every size: row-major tiles, and swapped operands."""
+    with each kernel family forced at every size: row-major tiles, and swapped operands with
+    narrow and with wide tiles."""
     import cupy
 
     from moefuse import heuristics
@@ -22,7 +23,9 @@ def backend(request, monkeypatch):
     if name == "sm90" and cupy.cuda.Device().compute_capability != "90":
         pytest.skip("the sm90 kernels need a compute capability 9.0 GPU")
     monkeypatch.setenv("MOEFUSE_BACKEND", name)
-    monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_: family == "swapped")
+    tiles = heuristics.SWAPPED_WIDE if family == "wide" else heuristics.SWAPPED_NARROW
+    monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_: family in ("swapped", "wide"))
+    monkeypatch.setattr(heuristics, "choose_sm90_swapped_tiles", lambda *_: tiles)
     return request.param
 
 
@@ -255,8 +258,8 @@ def test_gpu_argument_errors_name_the_argument(rng):
 def test_tile_edges(rng, monkeypatch, fused, tile_m):
     """Experts with 1 row, exactly one 64- and one 128-row tile, one row past each, and none,
     at each M tile (forced in place of the heuristics); for the swapped kernels, exactly one
-    16-row MMA width, one row past it, a 32-row box plus one, and one, two and three 256-row
-    chunks (balanced: 257 rows are 129 + 128)."""
+    16-row MMA width, one row past it, a 32-row box plus one, and one, two and three chunks of
+    the narrow tiles' 256 rows (balanced: 257 rows are 129 + 128) and of the wide tiles' 192."""
     import cupy
 
     from moefuse import heuristics
@@ -264,6 +267,7 @@ def test_tile_edges(rng, monkeypatch, fused, tile_m):
     monkeypatch.setattr(heuristics, "choose_tile_m", lambda *_: tile_m)
     monkeypatch.setattr(heuristics, "choose_sm90_tile_m", lambda *_: tile_m)
     counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64, 5: 65, 6: 16, 7: 17, 8: 33, 9: 256, 10: 257, 11: 513}
+    counts |= {12: 192, 13: 193, 14: 385}
     ids = np.concatenate([np.full(c, e, dtype=np.int32) for e, c in counts.items()])
     ids = rng.permutation(ids)[:, None]
     p = moe_problem(rng, "bf16", ids.shape[0], HIDDEN, INTER, len(counts), top_k=1, bias=True)

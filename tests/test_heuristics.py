@@ -109,8 +109,9 @@ def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies():
     assert choose(2, 4096, 14336, False, True, 64, top_k=1)[1] == 2
 
 
+@pytest.mark.parametrize("tiles", heuristics.SWAPPED_TILES, ids=lambda t: t.module)
 @pytest.mark.parametrize("seed", range(20))
-def test_max_expert_chunks_bounds_every_routing(seed):
+def test_max_expert_chunks_bounds_every_routing(seed, tiles):
     """The swapped kernels' grid is sized by max_expert_chunks: it must cover any routing."""
     import numpy as np
 
@@ -119,8 +120,27 @@ def test_max_expert_chunks_bounds_every_routing(seed):
     pairs = int(rng.integers(1, 5000))
     hot = rng.random(experts) ** 8  # skewed: a few experts take most rows
     counts = np.bincount(rng.choice(experts, pairs, p=hot / hot.sum()), minlength=experts)
-    chunks = int(np.sum(-(-counts // heuristics.SWAPPED_MAX_ROWS)))
-    assert chunks <= heuristics.max_expert_chunks(pairs, experts)
+    chunks = int(np.sum(-(-counts // tiles.max_rows)))
+    assert chunks <= heuristics.max_expert_chunks(pairs, experts, tiles.max_rows)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, top_k, experts, wide",
+    [
+        (4096, 8, 256, False),  # DeepSeek-V3 T=4096: 128 rows per expert, one chunk either way
+        (6144, 8, 256, False),  # 192: wide chunk counts vary (1 or 2)
+        (8192, 8, 256, True),  # 256: narrow ones vary (1 or 2), wide ones do not (2)
+        (12288, 8, 256, False),  # 384: narrow 2, wide 2 or 3
+        (16384, 8, 256, True),  # 512: narrow 2 or 3, wide 3
+        (1024, 2, 8, True),  # Mixtral T=1024: 256
+        (4096, 2, 8, False),  # 1024: both vary
+        (8192, 2, 8, True),  # 2048: many chunks per expert
+        (16384, 2, 8, True),
+    ],
+)
+def test_swapped_tile_geometry_by_rows_per_expert(num_tokens, top_k, experts, wide):
+    tiles = heuristics.choose_sm90_swapped_tiles(num_tokens, top_k, experts)
+    assert tiles == (heuristics.SWAPPED_WIDE if wide else heuristics.SWAPPED_NARROW)
 
 
 @pytest.mark.parametrize(

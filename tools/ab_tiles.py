@@ -2,11 +2,11 @@
 
     python tools/ab_tiles.py --cases qwen3:16,mixtral:1024 --variants rows,swapped,m64n128
 
-A variant forces a Hopper kernel family, `rows` (row-major tiles as the heuristics choose them)
-or `swapped`, or the row-major M tile (m64 / m128) and optionally a single BN (n128, ...). Rounds
-alternate between the variants; every forward is timed after an L2 flush, as a CUDA-graph replay
-for T <= 128. Prints each case's median ms per variant and its ratio to the first variant;
-outputs must agree with the first variant's.
+A variant forces a Hopper kernel family, `rows` (row-major tiles as the heuristics choose them),
+`swapped` (narrow tiles) or `wide` (swapped, wide tiles), or the row-major M tile (m64 / m128)
+and optionally a single BN (n128, ...). Rounds alternate between the variants; every forward is
+timed after an L2 flush, as a CUDA-graph replay for T <= 128. Prints each case's median ms per
+variant and its ratio to the first variant; outputs must agree with the first variant's.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ GRAPH_MAX_TOKENS = 128
 
 
 def force(variant: str) -> None:
-    force_family("swapped" if variant == "swapped" else "rows")
-    if variant in ("swapped", "rows"):  # rows: the row-major kernels with the heuristics' tiles
+    force_family(variant if variant in ("swapped", "wide") else "rows")
+    if variant in ("swapped", "wide", "rows"):  # rows: the row-major kernels with the heuristics' tiles
         return
     tile_m, _, bn = variant[1:].partition("n")
     heuristics.choose_sm90_tile_m = lambda *_: int(tile_m)
@@ -85,7 +85,7 @@ def time_case(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="qwen3:16,qwen3:1024", help="shape:T, comma-separated")
-    parser.add_argument("--variants", default="rows,swapped", help="rows, swapped, or m64 / m128 [nBN]")
+    parser.add_argument("--variants", default="rows,swapped", help="rows, swapped, wide, or m64 / m128 [nBN]")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", action="store_true", help="also time each step (eager cases)")
     parser.add_argument("--reps", type=int, default=15)

@@ -33,7 +33,7 @@ def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens
     return layer, x, weights, ids
 
 
-FAMILIES = ("auto", "rows", "swapped")
+FAMILIES = ("auto", "rows", "swapped", "wide")
 
 
 def add_family_argument(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +41,12 @@ def add_family_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def force_family(family: str) -> None:
-    """Run the Hopper row-major or swapped kernels at every size ("auto": the heuristics decide)."""
+    """Run the Hopper row-major kernels, or the swapped ones with narrow (128 x 256) or wide
+    (256 x 192) tiles, at every size ("auto": the heuristics decide)."""
     if family != "auto":
-        heuristics.choose_sm90_swapped = lambda *_: family == "swapped"
+        tiles = heuristics.SWAPPED_WIDE if family == "wide" else heuristics.SWAPPED_NARROW
+        heuristics.choose_sm90_swapped = lambda *_: family != "rows"
+        heuristics.choose_sm90_swapped_tiles = lambda *_: tiles
 
 
 def time_steps(layer, x, weights, ids, out=None, stream=None) -> dict[str, float]:

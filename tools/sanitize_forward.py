@@ -31,7 +31,7 @@ def main() -> None:
     many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
     big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
     big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
-    for family in ("rows", "swapped"):  # both Hopper kernel families at every size
+    for family in ("rows", "swapped", "wide"):  # every Hopper kernel family at every size
         force_family(family)
         for fused in (True, False):
             layer(x, weights, ids, fused_finalize=fused)

@@ -3,4 +3,4 @@
 // two compile in parallel at a cold start.
 #include "swapped.cuh"
 
-MOEFUSE_SM90_SWAPPED_ENTRIES(f16, F16)
+MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped, Narrow, f16, F16)
