@@ -208,8 +208,35 @@ class Sm90:
         """cuda_src/sm90/swapped.cuh: `kernel` is the entry's name after its module prefix; `w` is
         w1 (gate/up groups, 5-D map) or w2; `tokens` (x_perm or h) is loaded in 32-row boxes. A unit
         is one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them
-        gate rows, so half as many outputs)."""
+        gate rows, so half as many outputs). Where the wide tiles hold for balanced routing only,
+        both geometries launch, guarded on the busiest expert's rows: one of them runs."""
         tiles = self.swapped_tiles(plan)
+        args = (kernel, swiglu, w, tokens, bias, plan, topk_weights, out, depth, n, zero)
+        limit = None
+        if tiles == heuristics.SWAPPED_WIDE:
+            limit = heuristics.wide_tiles_busiest_limit(plan.num_tokens, plan.top_k, plan.num_local_experts)
+        if limit is None:
+            self._launch_swapped_tiles(tiles, 0, *args)
+            return
+        self._launch_swapped_tiles(heuristics.SWAPPED_WIDE, limit, *args)
+        self._launch_swapped_tiles(heuristics.SWAPPED_NARROW, -limit, *args)
+
+    def _launch_swapped_tiles(
+        self,
+        tiles: heuristics.SwappedTiles,
+        busiest_guard: int,
+        kernel: str,
+        swiglu: bool,
+        w,
+        tokens,
+        bias,
+        plan,
+        topk_weights,
+        out,
+        depth: int,
+        n: int,
+        zero,
+    ) -> None:
         fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
         if swiglu:
             w_desc = _tma.gate_up_groups_desc(w, tiles.weight_rows // 2 // _tma.GATE_UP_GROUP)
@@ -230,6 +257,7 @@ class Sm90:
             i32(plan.num_local_experts),
             *_epilogue_args(plan, topk_weights, out, depth, n),
             *_zero_args(zero),
+            i32(busiest_guard),
         )
         launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes(tiles))
 

@@ -58,6 +58,7 @@ SWAPPED_NARROW = SwappedTiles(weight_rows=128, max_rows=256, stages=4, module="s
 SWAPPED_WIDE = SwappedTiles(weight_rows=256, max_rows=192, stages=3, module="sm90_swapped_wide")
 SWAPPED_TILES = (SWAPPED_NARROW, SWAPPED_WIDE)
 SWAPPED_WIDE_FROM_ROWS = 2048  # per expert, on average: wide whatever the chunk counts
+SWAPPED_WIDE_MAX_IMBALANCE = 2.0  # below that: wide only while no expert has more x the average
 SWAPPED_MAX_EXPERTS = 512  # local experts whose tables fit in the kernels' shared memory
 
 
@@ -105,7 +106,8 @@ def choose_sm90_swapped_tiles(num_tokens: int, top_k: int, num_local_experts: in
     Mixtral 0.99-1.02; 2048: 0.97; 4096: 0.95. Where r sits at a multiple of one geometry's chunk
     size, that geometry's experts split into different chunk counts and it loses; with many
     chunks per expert the wide tiles' L2 saving wins. So: wide from 2048 rows per expert, and
-    below where the narrow chunk counts vary and the wide ones do not."""
+    below where the narrow chunk counts vary and the wide ones do not (then guarded:
+    wide_tiles_busiest_limit)."""
     rows = num_tokens * top_k / num_local_experts
     if rows >= SWAPPED_WIDE_FROM_ROWS:
         return SWAPPED_WIDE
@@ -114,6 +116,20 @@ def choose_sm90_swapped_tiles(num_tokens: int, top_k: int, num_local_experts: in
     ):
         return SWAPPED_WIDE
     return SWAPPED_NARROW
+
+
+def wide_tiles_busiest_limit(num_tokens: int, top_k: int, num_local_experts: int) -> int | None:
+    """Where choose_sm90_swapped_tiles picks the wide tiles for evenly split chunks (below 2048
+    rows per expert), that holds for balanced routing only. The most rows an expert may then have
+    (the kernels read the plan's counts and run the narrow tiles instead past it), or None.
+
+    Same-process A/B with half the tokens on expert 0 (docs/PERF.md, change 53), wide / narrow:
+    Mixtral T=1024 1.08, T=2048 1.13, DeepSeek-V3 T=8192 1.00, T=16384 1.03; Mixtral T=16384
+    (4096 rows per expert, unguarded) 0.89."""
+    rows = num_tokens * top_k / num_local_experts
+    if rows >= SWAPPED_WIDE_FROM_ROWS:
+        return None
+    return int(SWAPPED_WIDE_MAX_IMBALANCE * rows)
 
 
 def max_expert_chunks(pairs: int, num_local_experts: int, max_rows: int) -> int:

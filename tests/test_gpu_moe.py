@@ -26,6 +26,7 @@ def backend(request, monkeypatch):
     tiles = heuristics.SWAPPED_WIDE if family == "wide" else heuristics.SWAPPED_NARROW
     monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_: family in ("swapped", "wide"))
     monkeypatch.setattr(heuristics, "choose_sm90_swapped_tiles", lambda *_: tiles)
+    monkeypatch.setattr(heuristics, "wide_tiles_busiest_limit", lambda *_: None)
     return request.param
 
 
@@ -191,6 +192,29 @@ def test_cuda_graph_replay_matches_eager(rng, fused):
         )
         < TOLERANCE["bf16"]
     )
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("limit", [0.5, 2.0])  # x the busiest expert's rows: narrow runs, wide runs
+def test_guarded_swapped_geometries_run_exactly_once(rng, monkeypatch, backend, fused, limit):
+    """Both swapped geometries launch, guarded on the busiest expert's rows: exactly one of them
+    runs (a fused output would double, or stay zero, otherwise)."""
+    import cupy
+
+    from moefuse import heuristics
+
+    if backend != "sm90-wide":
+        pytest.skip("a Hopper swapped-kernel path: runs once, with the wide family")
+    p = moe_problem(rng, "bf16", 600, HIDDEN, INTER, EXPERTS, top_k=2, bias=True, skew=0.5)
+    busiest = int(np.bincount(p.topk_ids.ravel(), minlength=EXPERTS).max())
+    monkeypatch.setattr(heuristics, "wide_tiles_busiest_limit", lambda *_: int(limit * busiest))
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
+    poison_workspace(layer, 600, 2)
+    out = poisoned((600, HIDDEN), DTYPES["bf16"])
+    layer(d["x"], d["topk_weights"], cupy.asarray(p.topk_ids), out=out, fused_finalize=fused)
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
+    assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
 
 
 def test_steady_state_calls_allocate_nothing(rng):

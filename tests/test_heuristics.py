@@ -143,6 +143,12 @@ def test_swapped_tile_geometry_by_rows_per_expert(num_tokens, top_k, experts, wi
     assert tiles == (heuristics.SWAPPED_WIDE if wide else heuristics.SWAPPED_NARROW)
 
 
+def test_wide_tiles_below_2048_rows_are_guarded_against_a_busy_expert():
+    assert heuristics.wide_tiles_busiest_limit(8192, 8, 256) == 512  # 256 rows per expert
+    assert heuristics.wide_tiles_busiest_limit(1024, 2, 8) == 512
+    assert heuristics.wide_tiles_busiest_limit(8192, 2, 8) is None  # 2048: wide whatever the routing
+
+
 @pytest.mark.parametrize(
     "num_tokens, top_k, experts, inter, swapped",
     [

@@ -45,7 +45,13 @@ def time_case(
     stream = cp.cuda.Stream(non_blocking=True)
     samples: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     reference = None
-    original = (heuristics.choose_sm90_tile_m, Sm90.tile_widths, heuristics.choose_sm90_swapped)
+    original = (
+        heuristics.choose_sm90_tile_m,
+        Sm90.tile_widths,
+        heuristics.choose_sm90_swapped,
+        heuristics.choose_sm90_swapped_tiles,
+        heuristics.wide_tiles_busiest_limit,
+    )
     with stream:
         for _ in range(rounds):
             for variant in variants:
@@ -75,7 +81,13 @@ def time_case(
                     end.record(stream)
                     end.synchronize()
                     samples[variant].setdefault("forward", []).append(cp.cuda.get_elapsed_time(start, end))
-                heuristics.choose_sm90_tile_m, Sm90.tile_widths, heuristics.choose_sm90_swapped = original
+                (
+                    heuristics.choose_sm90_tile_m,
+                    Sm90.tile_widths,
+                    heuristics.choose_sm90_swapped,
+                    heuristics.choose_sm90_swapped_tiles,
+                    heuristics.wide_tiles_busiest_limit,
+                ) = original
     medians = {v: {name: statistics.median(t) for name, t in steps.items()} for v, steps in samples.items()}
     for steps in medians.values():
         steps.setdefault("forward", sum(steps.values()))

@@ -47,6 +47,7 @@ def force_family(family: str) -> None:
         tiles = heuristics.SWAPPED_WIDE if family == "wide" else heuristics.SWAPPED_NARROW
         heuristics.choose_sm90_swapped = lambda *_: family != "rows"
         heuristics.choose_sm90_swapped_tiles = lambda *_: tiles
+        heuristics.wide_tiles_busiest_limit = lambda *_: None
 
 
 def time_steps(layer, x, weights, ids, out=None, stream=None) -> dict[str, float]:

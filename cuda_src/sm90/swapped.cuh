@@ -71,7 +71,7 @@ struct Layout {
   static constexpr int ROWS_OFFSET = STAGING_OFFSET + 2 * STAGING_BYTES;  // per warpgroup:
   static constexpr int ROWS_BYTES = MAX_ROWS * 8;  // a chunk's output rows and router weights
   static constexpr int EXPERTS_OFFSET = ROWS_OFFSET + 2 * ROWS_BYTES;
-  static constexpr int EXPERTS_BYTES = (3 * (MAX_EXPERTS + 1) * 4 + 7) / 8 * 8;
+  static constexpr int EXPERTS_BYTES = (3 * (MAX_EXPERTS + 1) * 4 + 7) / 8 * 8;  // Experts
   static constexpr int BARRIER_OFFSET = EXPERTS_OFFSET + EXPERTS_BYTES;
   static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
   static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 1024 == 0, "swizzle atoms");
@@ -89,24 +89,26 @@ struct Experts {
   int* chunk_first;  // [count + 1]: the index of each expert's first chunk, then the total
   int* rows;         // [count]: expert_counts
   int* first_row;    // [count]: expert_offsets
+  int* busiest;      // [1]: the most rows of any expert
   int count, num_blocks;
 
   DEV int units() const { return chunk_first[count] * num_blocks; }
 
   // Warp 0 fills the tables: lane l scans experts [16 l, 16 l + 16), then the warp adds the lanes'
-  // totals.
+  // totals (and finds the busiest expert).
   template <int MAX_ROWS>
   DEV void build(const int* __restrict__ expert_counts, const int* __restrict__ expert_offsets) {
     constexpr int PER_LANE = MAX_EXPERTS / 32;
     const int lane = threadIdx.x;
     int chunks[PER_LANE];
-    int total = 0;
+    int total = 0, most = 0;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
       const int e = lane * PER_LANE + i;
       const int r = e < count ? expert_counts[e] : 0;
       chunks[i] = (r + MAX_ROWS - 1) / MAX_ROWS;
       total += chunks[i];
+      most = max(most, r);
       if (e < count) {
         rows[e] = r;
         first_row[e] = expert_offsets[e];
@@ -126,6 +128,8 @@ struct Experts {
       running += chunks[i];
     }
     if (lane == 31) chunk_first[count] = inclusive;
+    most = __reduce_max_sync(0xffffffffu, most);
+    if (lane == 0) *busiest = most;
   }
 
   DEV Chunk unit(int u) const {
@@ -219,7 +223,7 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
                       const int* __restrict__ expert_offsets, int num_local_experts,
                       const int* __restrict__ permuted_to_expanded,
                       const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
-                      int top_k, Vec16* __restrict__ zero, i64 zero_vectors) {
+                      int top_k, Vec16* __restrict__ zero, i64 zero_vectors, int busiest_guard) {
   constexpr bool SWIGLU = EPI == Epilogue::SwiGLU;
   constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
   constexpr int BW = T::BW, MAX_ROWS = T::MAX_ROWS, STAGES = T::STAGES, SUBTILES = T::SUBTILES;
@@ -238,6 +242,7 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
   experts.chunk_first = tables;
   experts.rows = tables + MAX_EXPERTS + 1;
   experts.first_row = experts.rows + MAX_EXPERTS;
+  experts.busiest = experts.first_row + MAX_EXPERTS;
 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -249,6 +254,9 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
   }
   if (threadIdx.x < 32) experts.build<MAX_ROWS>(expert_counts, expert_offsets);
   __syncthreads();
+  // The host may launch both geometries, each guarded on the busiest expert's rows; the one whose
+  // guard fails leaves at once (guard g > 0: run iff busiest <= g; g < 0: iff busiest > -g).
+  if (busiest_guard != 0 && (*experts.busiest <= abs(busiest_guard)) != (busiest_guard > 0)) return;
   const int k_blocks = (K + BK - 1) / BK;
 
   if (warpgroup == 0) {
@@ -423,15 +431,15 @@ DEV void grouped_gemm(const TmaDesc* w_desc, const TmaDesc* tokens_desc,
 // swapped_wide_{bf16,f16}.cu. Launch: a persistent grid of at most one CTA per SM, THREADS threads,
 // swapped::Layout::BYTES of dynamic shared memory; moefuse/backends.py mirrors the names and
 // geometry. GEMM1 takes the maps of w1 (5-D) and x_perm, GEMM2 those of w2 and h.
-#define MOEFUSE_SM90_SWAPPED_ENTRY(NAME, TILES, ELEM, EPI, OUT)                                 \
-  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                \
-      NAME(const __grid_constant__ TmaDesc w_desc, const __grid_constant__ TmaDesc tokens_desc, \
-           const ELEM* bias, const int* expert_counts, const int* expert_offsets,               \
-           int num_local_experts, const int* permuted_to_expanded, const float* topk_weights,   \
-           OUT* out, int K, int N, int top_k, Vec16* zero, i64 zero_vectors) {                  \
-    sm90::swapped::grouped_gemm<sm90::swapped::TILES, ELEM, sm90::Epilogue::EPI, OUT>(          \
-        &w_desc, &tokens_desc, bias, expert_counts, expert_offsets, num_local_experts,          \
-        permuted_to_expanded, topk_weights, out, K, N, top_k, zero, zero_vectors);              \
+#define MOEFUSE_SM90_SWAPPED_ENTRY(NAME, TILES, ELEM, EPI, OUT)                                   \
+  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                  \
+      NAME(const __grid_constant__ TmaDesc w_desc, const __grid_constant__ TmaDesc tokens_desc,   \
+           const ELEM* bias, const int* expert_counts, const int* expert_offsets,                 \
+           int num_local_experts, const int* permuted_to_expanded, const float* topk_weights,     \
+           OUT* out, int K, int N, int top_k, Vec16* zero, i64 zero_vectors, int busiest_guard) { \
+    sm90::swapped::grouped_gemm<sm90::swapped::TILES, ELEM, sm90::Epilogue::EPI, OUT>(            \
+        &w_desc, &tokens_desc, bias, expert_counts, expert_offsets, num_local_experts,            \
+        permuted_to_expanded, topk_weights, out, K, N, top_k, zero, zero_vectors, busiest_guard); \
   }
 // PREFIX: sm90_swapped (Narrow) or sm90_swapped_wide (Wide).
 #define MOEFUSE_SM90_SWAPPED_ENTRIES(PREFIX, TILES, TAG, ELEM)                                  \
