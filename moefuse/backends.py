@@ -191,6 +191,18 @@ class Sm90:
         tables = -(-3 * (experts + 1) * 4 // 8) * 8
         return stages + 2 * self.SWAPPED_STAGING_BYTES + 2 * rows * 8 + tables + 2 * tiles.stages * 8
 
+    def _swapped_launches(self, plan) -> list[tuple[heuristics.SwappedTiles, int]]:
+        """(tiles, busiest-expert guard) of each swapped kernel to launch: one unguarded (0), or,
+        where the wide tiles hold for balanced routing only, the wide ones while no expert has
+        more than the limit's rows and the narrow ones otherwise (cuda_src/sm90/swapped.cuh)."""
+        tiles = self.swapped_tiles(plan)
+        limit = None
+        if tiles == heuristics.SWAPPED_WIDE:
+            limit = heuristics.wide_tiles_busiest_limit(plan.num_tokens, plan.top_k, plan.num_local_experts)
+        if limit is None:
+            return [(tiles, 0)]
+        return [(heuristics.SWAPPED_WIDE, limit), (heuristics.SWAPPED_NARROW, -limit)]
+
     def _launch_swapped(
         self,
         kernel: str,
@@ -208,58 +220,31 @@ class Sm90:
         """cuda_src/sm90/swapped.cuh: `kernel` is the entry's name after its module prefix; `w` is
         w1 (gate/up groups, 5-D map) or w2; `tokens` (x_perm or h) is loaded in 32-row boxes. A unit
         is one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them
-        gate rows, so half as many outputs). Where the wide tiles hold for balanced routing only,
-        both geometries launch, guarded on the busiest expert's rows: one of them runs."""
-        tiles = self.swapped_tiles(plan)
-        args = (kernel, swiglu, w, tokens, bias, plan, topk_weights, out, depth, n, zero)
-        limit = None
-        if tiles == heuristics.SWAPPED_WIDE:
-            limit = heuristics.wide_tiles_busiest_limit(plan.num_tokens, plan.top_k, plan.num_local_experts)
-        if limit is None:
-            self._launch_swapped_tiles(tiles, 0, *args)
-            return
-        self._launch_swapped_tiles(heuristics.SWAPPED_WIDE, limit, *args)
-        self._launch_swapped_tiles(heuristics.SWAPPED_NARROW, -limit, *args)
-
-    def _launch_swapped_tiles(
-        self,
-        tiles: heuristics.SwappedTiles,
-        busiest_guard: int,
-        kernel: str,
-        swiglu: bool,
-        w,
-        tokens,
-        bias,
-        plan,
-        topk_weights,
-        out,
-        depth: int,
-        n: int,
-        zero,
-    ) -> None:
-        fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
-        if swiglu:
-            w_desc = _tma.gate_up_groups_desc(w, tiles.weight_rows // 2 // _tma.GATE_UP_GROUP)
-        else:
-            w_desc = _tma.tile_desc(w, tiles.weight_rows)
-        block_out = tiles.weight_rows // 2 if swiglu else tiles.weight_rows
-        chunks = heuristics.max_expert_chunks(
-            plan.num_tokens * plan.top_k, plan.num_local_experts, tiles.max_rows
-        )
-        units = chunks * cdiv(n, block_out)
-        grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
-        args = (
-            w_desc,
-            _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX),
-            pointer(bias),
-            plan.expert_counts,
-            plan.expert_offsets,
-            i32(plan.num_local_experts),
-            *_epilogue_args(plan, topk_weights, out, depth, n),
-            *_zero_args(zero),
-            i32(busiest_guard),
-        )
-        launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes(tiles))
+        gate rows, so half as many outputs). One or two launches (_swapped_launches)."""
+        for tiles, busiest_guard in self._swapped_launches(plan):
+            fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
+            if swiglu:
+                w_desc = _tma.gate_up_groups_desc(w, tiles.weight_rows // 2 // _tma.GATE_UP_GROUP)
+            else:
+                w_desc = _tma.tile_desc(w, tiles.weight_rows)
+            block_out = tiles.weight_rows // 2 if swiglu else tiles.weight_rows
+            chunks = heuristics.max_expert_chunks(
+                plan.num_tokens * plan.top_k, plan.num_local_experts, tiles.max_rows
+            )
+            units = chunks * cdiv(n, block_out)
+            grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
+            args = (
+                w_desc,
+                _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX),
+                pointer(bias),
+                plan.expert_counts,
+                plan.expert_offsets,
+                i32(plan.num_local_experts),
+                *_epilogue_args(plan, topk_weights, out, depth, n),
+                *_zero_args(zero),
+                i32(busiest_guard),
+            )
+            launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes(tiles))
 
     def _a_desc(self, a, plan) -> object:
         return _tma.tile_desc(a, plan.tile_m)

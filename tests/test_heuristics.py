@@ -143,6 +143,21 @@ def test_swapped_tile_geometry_by_rows_per_expert(num_tokens, top_k, experts, wi
     assert tiles == (heuristics.SWAPPED_WIDE if wide else heuristics.SWAPPED_NARROW)
 
 
+def test_swapped_launches_pair_the_guarded_geometries():
+    from types import SimpleNamespace
+
+    from moefuse.backends import Sm90
+
+    def launches(num_tokens, top_k, experts):
+        plan = SimpleNamespace(num_tokens=num_tokens, top_k=top_k, num_local_experts=experts)
+        return Sm90()._swapped_launches(plan)
+
+    narrow, wide = heuristics.SWAPPED_NARROW, heuristics.SWAPPED_WIDE
+    assert launches(4096, 8, 256) == [(narrow, 0)]
+    assert launches(8192, 8, 256) == [(wide, 512), (narrow, -512)]
+    assert launches(16384, 2, 8) == [(wide, 0)]
+
+
 def test_wide_tiles_below_2048_rows_are_guarded_against_a_busy_expert():
     assert heuristics.wide_tiles_busiest_limit(8192, 8, 256) == 512  # 256 rows per expert
     assert heuristics.wide_tiles_busiest_limit(1024, 2, 8) == 512
