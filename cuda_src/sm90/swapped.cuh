@@ -71,7 +71,8 @@ struct Layout {
   static constexpr int ROWS_OFFSET = STAGING_OFFSET + 2 * STAGING_BYTES;  // per warpgroup:
   static constexpr int ROWS_BYTES = MAX_ROWS * 8;  // a chunk's output rows and router weights
   static constexpr int EXPERTS_OFFSET = ROWS_OFFSET + 2 * ROWS_BYTES;
-  static constexpr int EXPERTS_BYTES = (3 * (MAX_EXPERTS + 1) * 4 + 7) / 8 * 8;  // Experts
+  // Experts: chunk_first [E + 1], rows [E], first_row [E], busiest [1]
+  static constexpr int EXPERTS_BYTES = (3 * (MAX_EXPERTS + 1) * 4 + 7) / 8 * 8;
   static constexpr int BARRIER_OFFSET = EXPERTS_OFFSET + EXPERTS_BYTES;
   static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
   static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 1024 == 0, "swizzle atoms");
