@@ -36,10 +36,10 @@ def force(variant: str) -> None:
 
 
 def time_case(
-    shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int, by_step: bool
+    shape: str, num_tokens: int, variants: list[str], rounds: int, reps: int, by_step: bool, skew: bool
 ) -> dict[str, dict[str, float]]:
     hidden, inter, experts, top_k = SHAPES[shape]
-    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, num_tokens)
+    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, num_tokens, skew)
     flush = cp.empty(256 << 20, dtype=cp.uint8)
     cp.cuda.Device().synchronize()  # the inputs were made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
@@ -101,12 +101,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", action="store_true", help="also time each step (eager cases)")
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--skew", action="store_true", help="bench.py's skewed routing")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(moefuse.gpu_name())
     for case in args.cases.split(","):
         shape, tokens = case.split(":")
-        ms = time_case(shape, int(tokens), variants, args.rounds, args.reps, args.steps)
+        ms = time_case(shape, int(tokens), variants, args.rounds, args.reps, args.steps, args.skew)
         base = ms[variants[0]]["forward"]
         cells = "  ".join(f"{v} {m['forward']:.4f} ms ({m['forward'] / base:.3f})" for v, m in ms.items())
         print(f"{shape:9} T={int(tokens):6}  {cells}")

@@ -6,6 +6,8 @@ Also the setup the A/B scripts share: the random problem, the kernel-family swit
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import cupy as cp
 import ml_dtypes
@@ -14,10 +16,14 @@ import numpy as np
 import moefuse
 from moefuse import heuristics
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench.py, for its routing
+from bench import make_routing
 
-def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens: int):
+
+def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens: int, skew: bool = False):
     """(layer, x, topk_weights, topk_ids): random bf16 weights and tokens, each token routed to
-    top_k distinct experts with equal weights. Made on the current stream."""
+    top_k distinct experts with equal weights; with `skew`, bench.py's skewed routing (the first
+    half of the tokens put expert 0 in slot 0). Made on the current stream."""
     rng = np.random.default_rng(0)
 
     def randn(*shape, scale=1.0):
@@ -28,7 +34,7 @@ def random_problem(hidden: int, inter: int, experts: int, top_k: int, num_tokens
         randn(experts, hidden, inter, scale=inter**-0.5),
     )
     x = randn(num_tokens, hidden)
-    ids = cp.asarray(np.argsort(rng.random((num_tokens, experts)), axis=1)[:, :top_k].astype(np.int32))
+    ids = cp.asarray(make_routing(rng, num_tokens, experts, top_k, skew))
     weights = cp.full((num_tokens, top_k), 1.0 / top_k, dtype=cp.float32)
     return layer, x, weights, ids
 
