@@ -100,7 +100,7 @@ def choose_sm90_swapped_tiles(num_tokens: int, top_k: int, num_local_experts: in
     ask the L2 for ~22% fewer bytes per FLOP than the narrow ones (128 x 256), with three stages
     instead of four, and their chunks are cut at multiples of 192 rows instead of 256.
 
-    Same-process A/B of whole forwards, wide / narrow (docs/PERF.md, change 52, H100), by rows
+    Same-process A/B of whole forwards, wide / narrow (docs/PERF.md, change 53, H100), by rows
     per expert r: 128: DeepSeek-V3 1.10, Mixtral 0.99; 192: DeepSeek-V3 1.10; 256: DeepSeek-V3
     0.94, Mixtral 0.95; 384: DeepSeek-V3 1.22; 512: DeepSeek-V3 0.96, Mixtral 1.02-1.03; 1024:
     Mixtral 0.99-1.02; 2048: 0.97; 4096: 0.95. Where r sits at a multiple of one geometry's chunk
