@@ -19,6 +19,10 @@ def as_device_array(obj, name: str):
 
     PyTorch and JAX arrays come through DLPack (their `__cuda_array_interface__`, where present,
     has no bf16 type code); anything else exposing `__cuda_array_interface__` through CuPy."""
+    import cupy
+
+    if isinstance(obj, cupy.ndarray):  # the common case, first: every forward takes a few
+        return obj
     if isinstance(obj, np.ndarray) or np.isscalar(obj):
         raise TypeError(
             f"{name} must be a GPU array (CuPy, PyTorch or JAX on a CUDA device), got a host "
@@ -30,10 +34,6 @@ def as_device_array(obj, name: str):
     if not (hasattr(obj, "__dlpack__") or hasattr(obj, "__cuda_array_interface__")):
         raise TypeError(f"{name} must be a GPU array (CuPy, PyTorch or JAX), got {type(obj).__name__}")
     require_gpu()
-    import cupy
-
-    if isinstance(obj, cupy.ndarray):
-        return obj
     if hasattr(obj, "__dlpack__"):
         return cupy.from_dlpack(obj)
     return cupy.asarray(obj)

@@ -1,4 +1,4 @@
-"""The on-disk cubin cache and the per-device module memo.
+"""The on-disk cubin cache and the per-device module and kernel memos.
 
 A cache entry's name carries a key over everything that determines the cubin: the module, every
 source byte, the architecture, the NVRTC version and the options. Entries are published
@@ -80,6 +80,7 @@ def compile_missing(arch: str) -> None:
 
 
 _loaded: dict[tuple[int, str], object] = {}
+_functions: dict[tuple[int, str, str], object] = {}
 _lock = threading.Lock()
 
 
@@ -96,3 +97,21 @@ def load_module(module: str, device_id: int, arch: str):
             with cupy.cuda.Device(device_id):
                 _loaded[key] = cupy.RawModule(path=str(path))
         return _loaded[key]
+
+
+def load_function(module: str, name: str, device_id: int, arch: str):
+    """Kernel `name` of the module on `device_id`, looked up once (every forward launches a few)."""
+    key = (device_id, module, name)
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _functions[key] = load_module(module, device_id, arch).get_function(name)
+    return fn
+
+
+def forget(module: str) -> None:
+    """Drop the module's loaded copies and kernels, so the next use loads it again (tools that
+    swap a variant source in)."""
+    with _lock:
+        for memo in (_loaded, _functions):
+            for key in [k for k in memo if k[1] == module]:
+                del memo[key]

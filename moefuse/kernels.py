@@ -34,13 +34,17 @@ def dtype_tag(dtype) -> str:
 
 def function(module: str, name: str):
     device_id = _device.require_gpu()
-    return _cache.load_module(module, device_id, _device.device_arch(device_id)).get_function(name)
+    return _cache.load_function(module, name, device_id, _device.device_arch(device_id))
+
+
+_dynamic_smem_limit: dict[object, int] = {}  # per kernel: the limit launch() has set
 
 
 def launch(fn, grid: tuple, block: tuple, args: tuple, smem: int) -> None:
     """Launch `fn` with `smem` bytes of dynamic shared memory, raising its limit first if needed."""
-    if fn.max_dynamic_shared_size_bytes < smem:
-        fn.max_dynamic_shared_size_bytes = smem
+    if _dynamic_smem_limit.get(fn, 0) < smem:
+        fn.max_dynamic_shared_size_bytes = max(smem, fn.max_dynamic_shared_size_bytes)
+        _dynamic_smem_limit[fn] = fn.max_dynamic_shared_size_bytes
     fn(grid, block, args, shared_mem=smem)
 
 

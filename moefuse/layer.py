@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from . import _validate, backends, kernels
 from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array, require_aligned
 from ._device import require_gpu, stream_ptr
-from .plan import launch_plan, plan_capacity, plan_from_arrays, plan_specs
+from .plan import RoutingPlan, launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
 DISABLE_FUSED_FINALIZE_ENV = "MOEFUSE_DISABLE_FUSED_FINALIZE"
+MAX_CARVED = 64  # call kinds (T, k, tiles, paths) whose workspace layout a layer keeps
 
 
 def fused_finalize_enabled(requested: bool | None) -> bool:
@@ -18,6 +20,15 @@ def fused_finalize_enabled(requested: bool | None) -> bool:
     if os.environ.get(DISABLE_FUSED_FINALIZE_ENV, "0") not in ("", "0"):
         return False
     return True if requested is None else bool(requested)
+
+
+@dataclass(frozen=True)
+class _Carved:
+    """A call kind's workspace arrays and the routing plan over them (valid for one buffer)."""
+
+    generation: int
+    arrays: dict
+    routing: RoutingPlan
 
 
 class MoELayer:
@@ -55,30 +66,69 @@ class MoELayer:
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
         _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
         self._workspace = Workspace()
+        self._carved: dict[tuple, _Carved] = {}
 
-    def _workspace_specs(self, backend, num_tokens: int, top_k: int, fused: bool, convert_weights: bool):
-        num_local, dims = self.dims.num_local_experts, self.dims
+    def _layout(self, backend, num_tokens: int, top_k: int) -> tuple[int, bool]:
+        """What the workspace layout takes from the kernels' choice: (tile_m, permutes_x)."""
+        num_local = self.dims.num_local_experts
         tile_m = backend.tile_m(num_tokens, top_k, num_local)
+        return tile_m, backend.permutes_x(num_tokens, top_k, num_local, self.dims.intermediate)
+
+    def _workspace_specs(
+        self, num_tokens: int, top_k: int, layout: tuple[int, bool], fused: bool, convert_weights: bool
+    ) -> list[ArraySpec]:
+        num_local, dims = self.dims.num_local_experts, self.dims
+        tile_m, permutes_x = layout
         specs = plan_specs(num_tokens, top_k, num_local, tile_m)
         rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
-        if backend.permutes_x(num_tokens, top_k, num_local, dims.intermediate):
+        if permutes_x:
             specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
         if not fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
             specs.append(ArraySpec("topk_weights", (num_tokens, top_k), FLOAT32))
-        return tile_m, specs
+        return specs
 
     def workspace_bytes(self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> int:
         """Device bytes a call with `num_tokens` tokens and `top_k` slots needs (upper bound)."""
         fused = fused_finalize_enabled(fused_finalize)
         backend = backends.for_device(require_gpu())
-        return layout_bytes(self._workspace_specs(backend, num_tokens, top_k, fused, True)[1])
+        layout = self._layout(backend, num_tokens, top_k)
+        return layout_bytes(self._workspace_specs(num_tokens, top_k, layout, fused, True))
 
     def reserve(self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> None:
         """Allocate the workspace for batches of up to `max_tokens` tokens now."""
         self._workspace.reserve(self.workspace_bytes(max_tokens, top_k, fused_finalize=fused_finalize))
+        self._forget_stale_layouts()
+
+    def _forget_stale_layouts(self) -> None:
+        """Drop the layouts carved from a buffer the workspace has let go (their views would keep
+        it alive)."""
+        if self._carved and next(iter(self._carved.values())).generation != self._workspace.generation:
+            self._carved.clear()
+
+    def _carve(self, backend, num_tokens: int, top_k: int, fused: bool, convert_weights: bool) -> _Carved:
+        """The workspace arrays and routing plan of a call kind. Kept per kind (up to MAX_CARVED)
+        while the buffer stays: a repeated batch shape skips the layout, which cost more host
+        time than the launches (docs/PERF.md, change 55)."""
+        layout = self._layout(backend, num_tokens, top_k)
+        key = (num_tokens, top_k, layout, fused, convert_weights)
+        carved = self._carved.get(key)
+        if carved is not None and carved.generation == self._workspace.generation:
+            return carved
+        num_local, (tile_m, _) = self.dims.num_local_experts, layout
+        specs = self._workspace_specs(num_tokens, top_k, layout, fused, convert_weights)
+        _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
+        arrays = self._workspace.carve(specs)
+        routing = plan_from_arrays(
+            num_tokens, top_k, self.num_experts, self.first_expert, num_local, tile_m, arrays
+        )
+        self._forget_stale_layouts()
+        if len(self._carved) >= MAX_CARVED:
+            del self._carved[next(iter(self._carved))]
+        self._carved[key] = carved = _Carved(self._workspace.generation, arrays, routing)
+        return carved
 
     def __call__(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
         """`out [T, H]` for tokens `x [T, H]` routed by `topk_ids [T, k]` with `topk_weights [T, k]`.
@@ -119,13 +169,8 @@ class MoELayer:
         x, topk_ids = contiguous(x), contiguous(topk_ids)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
         backend = backends.for_device(require_gpu())
-        num_local = self.dims.num_local_experts
-        tile_m, specs = self._workspace_specs(backend, num_tokens, top_k, fused, convert_weights)
-        _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
-        arrays = self._workspace.carve(specs)
-        routing = plan_from_arrays(
-            num_tokens, top_k, self.num_experts, self.first_expert, num_local, tile_m, arrays
-        )
+        carved = self._carve(backend, num_tokens, top_k, fused, convert_weights)
+        arrays, routing = carved.arrays, carved.routing
         weights = arrays["topk_weights"] if convert_weights else topk_weights
         h = arrays["h"]
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where it can,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ class ArraySpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 def _aligned(nbytes: int) -> int:
@@ -33,6 +34,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffer = None
+        self.generation = 0  # counts the buffers taken: carved views hold while it stays put
 
     @property
     def nbytes(self) -> int:
@@ -44,6 +46,7 @@ class Workspace:
         if nbytes > self.nbytes:
             self._buffer = None  # release the old buffer before taking the larger one
             self._buffer = cupy.empty(_aligned(nbytes), dtype=np.uint8)
+            self.generation += 1
 
     def carve(self, specs: list[ArraySpec]) -> dict[str, object]:
         """Arrays laid out one after another in spec order (each start aligned)."""

@@ -233,6 +233,27 @@ def test_steady_state_calls_allocate_nothing(rng):
     assert pool.total_bytes() == before
 
 
+def test_one_layer_across_batch_sizes_and_kernel_choices(rng, monkeypatch):
+    """A layer keeps each call kind's workspace layout. Batches that grow the workspace, come
+    back to an earlier size, or change the Hopper family (and with it the layout) stay right, and
+    no layout of a released buffer is kept."""
+    from moefuse import heuristics
+
+    p = moe_problem(rng, "bf16", 700, HIDDEN, INTER, EXPERTS, top_k=3, bias=False)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    calls = ((40, False), (700, False), (40, False), (300, True), (40, True), (300, False))
+    for num_tokens, swapped in calls:
+        monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_, s=swapped: s)
+        out = poisoned((num_tokens, HIDDEN), DTYPES["bf16"])
+        rows = slice(num_tokens)
+        layer(d["x"][rows], d["topk_weights"][rows], d["topk_ids"][rows], out=out)
+        want = reference.moe(p.x[rows], p.w1, p.w2, p.topk_weights[rows], p.topk_ids[rows])
+        assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"], (num_tokens, swapped)
+        generations = {carved.generation for carved in layer._carved.values()}
+        assert generations == {layer._workspace.generation}
+
+
 def test_torch_tensors_pass_straight_in(rng):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

@@ -39,8 +39,7 @@ def step_times(layer, x, weights, ids, reps: int, flush) -> dict[str, float]:
 
 def use_source(module: str, source: str) -> None:
     _sources.MODULES[module] = source
-    for key in [k for k in _cache._loaded if k[1] == module]:
-        del _cache._loaded[key]
+    _cache.forget(module)
 
 
 def main() -> None:
