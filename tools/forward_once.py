@@ -56,10 +56,10 @@ def force_family(family: str) -> None:
         heuristics.wide_tiles_busiest_limit = lambda *_: None
 
 
-def time_steps(layer, x, weights, ids, out=None, stream=None) -> dict[str, float]:
+def time_steps(layer, x, weights, ids, out=None, stream=None, fused_finalize=None) -> dict[str, float]:
     """ms of each step of one eager forward (plan, gemm1, gemm2, ...), events between them, on
     `stream` (default: the current one)."""
-    _, steps = layer.steps(x, weights, ids, out=out)
+    _, steps = layer.steps(x, weights, ids, out=out, fused_finalize=fused_finalize)
     events = [cp.cuda.Event() for _ in range(len(steps) + 1)]
     events[0].record(stream)
     for (_, launch), event in zip(steps, events[1:], strict=True):
