@@ -63,6 +63,7 @@ SWAPPED_MAX_EXPERTS = 512  # local experts whose tables fit in the kernels' shar
 
 
 SWAPPED_MIN_ROWS = 96  # per expert, on average
+SWAPPED_ANY_INTER_MAX_ROWS = 192  # per expert: up to here the gather's share does not matter
 GATHER_SHARE_PER_INTER = 63.0  # (2 bytes x ~790 TFLOP/s) / (6 FLOPs x ~4.2 TB/s), see below
 SWAPPED_MAX_GATHER_SHARE = 0.05
 
@@ -80,10 +81,18 @@ def choose_sm90_swapped(num_tokens: int, top_k: int, num_local_experts: int, int
     T=4096 -21%, Mixtral T=1024 -9%, T=4096 -4%, T=16384 and DeepSeek-V3 T=16384 ties; Qwen3
     (I = 768, a share of ~9%) +10 to +13% at T=16384 on both. Below ~96 rows per expert the
     row-major kernels' 64-row tiles already hold the padding down (DeepSeek-V3 T=1024: a tie).
-    So: r >= 96 rows per expert and a gather share of at most 5%."""
+
+    Up to ~192 rows per expert the GEMMs stream their weights for longer than they multiply, the
+    gather weighs less than the share says, and most experts fill two 128-row tiles. There the
+    swapped kernels won at every I measured (change 56, H100, graph replays; H,I,E,k): T=1024 of
+    2048,1024,64,8 (128 rows) +3.7%, T=2048 of Qwen3 (128) +2.7%, of 1032,712,60,4 (137) +13%,
+    of 2048,1408,64,6 (192) +7.6%; at 256 rows (2048,1024,64,8 T=2048) they lost 4.8%.
+    So: r >= 96 rows per expert, and r <= 192 or a gather share of at most 5%."""
     rows_per_expert = num_tokens * top_k / num_local_experts
     gather_share = (1 + 1 / top_k) * GATHER_SHARE_PER_INTER / inter
-    return rows_per_expert >= SWAPPED_MIN_ROWS and gather_share <= SWAPPED_MAX_GATHER_SHARE
+    if rows_per_expert < SWAPPED_MIN_ROWS:
+        return False
+    return rows_per_expert <= SWAPPED_ANY_INTER_MAX_ROWS or gather_share <= SWAPPED_MAX_GATHER_SHARE
 
 
 def chunk_counts_vary(rows_per_expert: float, max_rows: int) -> bool:

@@ -175,6 +175,11 @@ def test_wide_tiles_below_2048_rows_are_guarded_against_a_busy_expert():
         (16384, 8, 256, 2048, True),
         (4096, 8, 128, 768, False),  # Qwen3: the gather pass costs ~9% at I = 768
         (16384, 8, 128, 768, False),
+        (2048, 8, 128, 768, True),  # ... but at 128 rows per expert the GEMMs stream weights
+        (3072, 8, 128, 768, True),  # 192
+        (3200, 8, 128, 768, False),  # 200
+        (1024, 8, 128, 768, False),  # 64 rows per expert fit 64-row tiles
+        (2048, 4, 60, 712, True),  # 137 rows per expert, measured +13%
         (64, 8, 128, 768, False),  # decode
     ],
 )
