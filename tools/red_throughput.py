@@ -27,7 +27,7 @@ SOURCE = r"""
       if (rows_mode) {                                                                       \
         const long long segment = vec / 8, rows = vectors / 256;                             \
         const long long row = (segment * 2654435761ll) % rows;                               \
-        vec = row * 256 + (segment % 32) * 8 + vec % 8;                                      \
+        vec = row * 256 + (segment / rows % 32) * 8 + vec % 8;                               \
       } else {                                                                               \
         vec %= vectors;                                                                      \
       }                                                                                      \
