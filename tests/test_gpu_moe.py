@@ -370,6 +370,19 @@ def test_misaligned_input_is_copied_and_misaligned_output_refused(rng):
         layer(d["x"], d["topk_weights"], d["topk_ids"], out=flat[1:].reshape(33, HIDDEN))
 
 
+def test_large_batch_of_many_chunks_per_expert(rng):
+    """12000 tokens on 4 experts (~6000 rows each, one expert skewed hotter): the multi-kernel
+    plan, dozens of swapped chunks per expert, many M tiles per expert."""
+    p = moe_problem(rng, "bf16", 12000, HIDDEN, INTER, 4, top_k=2, bias=False, skew=0.3)
+    d = p.device()
+    layer = moefuse.MoELayer(d["w1"], d["w2"])
+    want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids)
+    for fused in (True, False):
+        out = poisoned((12000, HIDDEN), DTYPES["bf16"])
+        layer(d["x"], d["topk_weights"], d["topk_ids"], out=out, fused_finalize=fused)
+        assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
+
+
 @pytest.mark.parametrize("hidden, inter, experts, top_k", [(8, 8, 1, 1), (16, 24, 3, 2), (72, 40, 5, 5)])
 @pytest.mark.parametrize("num_tokens", [1, 5, 300])
 def test_tiny_shapes(rng, hidden, inter, experts, top_k, num_tokens):
