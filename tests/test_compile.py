@@ -218,11 +218,15 @@ def test_precompile_command(tmp_path, ptxas_report):
     assert len(list(tmp_path.glob("*.cubin"))) == len(_sources.modules_for("sm_90a"))
 
 
-def test_a_cold_cache_compiles_every_module_of_the_arch_at_once(tmp_path, monkeypatch):
+def test_a_cold_cache_compiles_every_module_of_the_arch_at_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path))
     _cache.compile_missing("sm_80")
     names = sorted(p.name.split("-sm_80-")[0] for p in tmp_path.glob("*.cubin"))
     assert names == sorted(_sources.modules_for("sm_80"))
+    said = capsys.readouterr().err
+    assert f"compiling {len(names)} kernel modules for sm_80" in said and "compiled in" in said
+    _cache.compile_missing("sm_80")  # warm: nothing to compile, nothing said
+    assert capsys.readouterr().err == ""
 
 
 def test_kernel_name_dtype_tags():
