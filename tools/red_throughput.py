@@ -4,7 +4,7 @@ how much memory they cover (docs/PERF.md, change 54).
     python tools/red_throughput.py [--footprints 8,32,256] [--reps 7]
 
 Every thread of a full grid issues 16-byte operations: `st.global.v4.b32`, or `red.global.add` as
-4 x bf16x2 or 4 x f32. Two address patterns: `stream` (consecutive threads, consecutive
+4 x bf16x2, 4 x f16x2 or 4 x f32. Two address patterns: `stream` (consecutive threads, consecutive
 vectors, sweeping the footprint) and `rows` (128-byte segments of pseudo-random 4 KB rows, the
 pattern of the fused finalize's write-out). Prints GB/s of payload, median of the reps.
 """
@@ -37,10 +37,11 @@ SOURCE = r"""
   }
 OP_KERNEL(op_store, "st.global.v4.b32 [%0], {%1, %2, %3, %4};")
 OP_KERNEL(op_red_bf16x2, "red.global.add.noftz.v4.bf16x2 [%0], {%1, %2, %3, %4};")
+OP_KERNEL(op_red_f16x2, "red.global.add.noftz.v4.f16x2 [%0], {%1, %2, %3, %4};")
 OP_KERNEL(op_red_f32, "red.global.add.v4.f32 [%0], {%1, %2, %3, %4};")
 """
-# bf16x2: 1.0 in each half (as f32 ~1.0). The values do not matter.
-OPS = ("op_store", "op_red_bf16x2", "op_red_f32")
+# bf16x2: 1.0 in each half (f16x2: ~1.9; f32: ~1.0). The values do not matter.
+OPS = ("op_store", "op_red_bf16x2", "op_red_f16x2", "op_red_f32")
 
 
 def gbps(kernel, grid: tuple[int, int], target, iters: int, rows: bool, reps: int) -> float:
