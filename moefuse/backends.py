@@ -221,6 +221,8 @@ class Sm90:
         w1 (gate/up groups, 5-D map) or w2; `tokens` (x_perm or h) is loaded in 32-row boxes. A unit
         is one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them
         gate rows, so half as many outputs). One or two launches (_swapped_launches)."""
+        tokens_desc = _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX)
+        sms = _device.multiprocessor_count(_device.require_gpu())
         for tiles, busiest_guard in self._swapped_launches(plan):
             fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
             if swiglu:
@@ -232,10 +234,10 @@ class Sm90:
                 plan.num_tokens * plan.top_k, plan.num_local_experts, tiles.max_rows
             )
             units = chunks * cdiv(n, block_out)
-            grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
+            grid = min(units, sms)
             args = (
                 w_desc,
-                _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX),
+                tokens_desc,
                 pointer(bias),
                 plan.expert_counts,
                 plan.expert_offsets,
