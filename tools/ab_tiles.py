@@ -23,6 +23,14 @@ from moefuse import heuristics
 from moefuse.backends import Sm90
 
 SHAPES = {"mixtral": (4096, 14336, 8, 2), "deepseek": (7168, 2048, 256, 8), "qwen3": (2048, 768, 128, 8)}
+# what force() and forward_once.force_family patch, restored after each variant
+PATCHED = (
+    (heuristics, "choose_sm90_tile_m"),
+    (Sm90, "tile_widths"),
+    (heuristics, "choose_sm90_swapped"),
+    (heuristics, "choose_sm90_swapped_tiles"),
+    (heuristics, "wide_tiles_busiest_limit"),
+)
 
 
 def force(variant: str) -> None:
@@ -43,13 +51,8 @@ def time_case(shape: str, num_tokens: int, variants: list[str], args) -> dict[st
     stream = cp.cuda.Stream(non_blocking=True)
     samples: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     reference = None
-    original = (
-        heuristics.choose_sm90_tile_m,
-        Sm90.tile_widths,
-        heuristics.choose_sm90_swapped,
-        heuristics.choose_sm90_swapped_tiles,
-        heuristics.wide_tiles_busiest_limit,
-    )
+    original = [getattr(owner, name) for owner, name in PATCHED]
+    paths = ((None, ""), (False, " (store)")) if args.store else ((None, ""),)  # fused_finalize
     with stream:
         for _ in range(args.rounds):
             for variant in variants:
@@ -65,15 +68,13 @@ def time_case(shape: str, num_tokens: int, variants: list[str], args) -> dict[st
                     layer(x, weights, ids, out=out)
                     graph = stream.end_capture()
                 for _ in range(args.reps):
-                    flush.fill(0)
                     if args.steps and not graph:
-                        for name, ms in time_steps(layer, x, weights, ids, out, stream).items():
-                            samples[variant].setdefault(name, []).append(ms)
-                        if args.store:
+                        for fused, suffix in paths:
                             flush.fill(0)
-                            for name, ms in time_steps(layer, x, weights, ids, out, stream, False).items():
-                                samples[variant].setdefault(f"{name} (store)", []).append(ms)
+                            for name, ms in time_steps(layer, x, weights, ids, out, stream, fused).items():
+                                samples[variant].setdefault(name + suffix, []).append(ms)
                         continue
+                    flush.fill(0)
                     start, end = cp.cuda.Event(), cp.cuda.Event()
                     start.record(stream)
                     if graph:
@@ -83,13 +84,8 @@ def time_case(shape: str, num_tokens: int, variants: list[str], args) -> dict[st
                     end.record(stream)
                     end.synchronize()
                     samples[variant].setdefault("forward", []).append(cp.cuda.get_elapsed_time(start, end))
-                (
-                    heuristics.choose_sm90_tile_m,
-                    Sm90.tile_widths,
-                    heuristics.choose_sm90_swapped,
-                    heuristics.choose_sm90_swapped_tiles,
-                    heuristics.wide_tiles_busiest_limit,
-                ) = original
+                for (owner, name), value in zip(PATCHED, original, strict=True):
+                    setattr(owner, name, value)
     medians = {v: {name: statistics.median(t) for name, t in steps.items()} for v, steps in samples.items()}
     for steps in medians.values():
         steps.setdefault("forward", sum(t for name, t in steps.items() if not name.endswith("(store)")))
