@@ -5,7 +5,7 @@ import pytest
 
 import moefuse
 from moefuse import reference
-from tests.gpu_data import DTYPES, TOLERANCE, moe_problem, random_ids
+from moefuse_bench.problems import DTYPES, TOLERANCE, moe_problem, random_ids
 
 pytestmark = pytest.mark.gpu
 

@@ -5,7 +5,7 @@ import pytest
 
 import moefuse
 from moefuse import reference
-from tests.gpu_data import random_ids
+from moefuse_bench.problems import random_ids
 
 pytestmark = pytest.mark.gpu
 

@@ -1,12 +1,13 @@
 """A/B timing of kernel-source variants against the current one, in one process on one GPU.
 
     python tools/ab_kernel.py cuda_src/sm90/variant.cu [more.cu ...] [--module sm90_grouped_gemm_m128]
-        [--shape H,I,E,k] [--tokens 4096] [--rounds 5] [--reps 10] [--family auto|rows|swapped]
+        [--shape mixtral|H,I,E,k|HxIxExk] [--tokens 4096] [--rounds 5] [--reps 10]
+        [--family auto|rows|swapped|wide]
 
-A variant must define the same entry points (it is loaded in place of the module's source).
-Rounds cycle through the sources; each reports the median ms of every forward step
-(MoELayer.steps), so machine drift hits all alike. Prints a table: step, current, then each
-variant's ms and its ratio to current.
+A variant must define the same entry points (`moefuse.override(sources=...)` loads it in place of
+the module's source). Rounds cycle through the sources; each reports the median ms of every
+forward step (MoELayer.steps), so machine drift hits all alike. Prints a table: step, current,
+then each variant's ms and its ratio to current.
 """
 
 from __future__ import annotations
@@ -16,65 +17,46 @@ import statistics
 from pathlib import Path
 
 import cupy as cp
-from forward_once import (
-    add_family_argument,
-    force_family,
-    random_problem,
-    time_steps,
-)  # tools/ first on sys.path
 
 import moefuse
-from moefuse import _cache, _sources
-
-
-def step_times(layer, x, weights, ids, reps: int, flush) -> dict[str, float]:
-    time_steps(layer, x, weights, ids)  # warm-up
-    samples: dict[str, list[float]] = {}
-    for _ in range(reps):
-        flush()
-        for name, ms in time_steps(layer, x, weights, ids).items():
-            samples.setdefault(name, []).append(ms)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def use_source(module: str, source: str) -> None:
-    _sources.MODULES[module] = source
-    _cache.forget(module)
+from moefuse import _sources
+from moefuse_bench.dtypes import rel_err
+from moefuse_bench.problems import random_problem
+from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.timing import L2Flush, Timing, layer_step_samples, medians
+from moefuse_bench.variants import add_family_argument, family_override, forced
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variants", type=Path, nargs="+")
-    parser.add_argument("--module", default="sm90_grouped_gemm_m128")
-    parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
+    parser.add_argument("--module", default="sm90_grouped_gemm_m128", choices=sorted(_sources.MODULES))
+    parser.add_argument("--shape", type=parse_shape, default="mixtral", help=NAMES_HELP)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10)
     add_family_argument(parser)
     args = parser.parse_args()
-    force_family(args.family)
-    hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
     root = _sources.source_root()
     # keyed by source path: two variants of one file name in different folders stay apart
     variants = [str(v.resolve().relative_to(root)) for v in args.variants]
-    sources = {"current": _sources.MODULES[args.module], **{v: v for v in variants}}
+    family = family_override(args.family)
+    overrides = {"current": family, **{v: {**family, "sources": {args.module: v}} for v in variants}}
 
-    layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
-    scratch = cp.empty(256 << 20, dtype=cp.uint8)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    layer, case = random_problem(args.shape, args.tokens)
+    stream = cp.cuda.Stream(non_blocking=True)
+    flush = L2Flush(stream)
+    timing = Timing(reps=args.reps, warmup=1)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in overrides}
     outputs = {}
     for _ in range(args.rounds):
-        for name, source in sources.items():
-            use_source(args.module, source)
-            outputs[name] = layer(x, weights, ids).astype(cp.float32)
-            results[name].append(step_times(layer, x, weights, ids, args.reps, lambda: scratch.fill(0)))
-    reference = cp.linalg.norm(outputs["current"])
-    diffs = [
-        f"{Path(v).stem} {float(cp.linalg.norm(outputs[v] - outputs['current']) / reference):.2e}"
-        for v in variants
-    ]
+        for name, override in overrides.items():
+            with stream, forced(**override):
+                outputs[name] = layer(*case.sets[0])
+                results[name].append(medians(layer_step_samples(layer, case.sets[0], stream, timing, flush)))
+    diffs = [f"{Path(v).stem} {rel_err(outputs[v], outputs['current']):.2e}" for v in variants]
     print(
-        f"{moefuse.gpu_name()}  shape H,I,E,k={args.shape}  T={args.tokens}",
+        f"{moefuse.gpu_name()}  shape {args.shape.name}  T={args.tokens}",
         f"rel diff of outputs: {', '.join(diffs)}",
     )
     print(

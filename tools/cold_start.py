@@ -3,6 +3,7 @@
 Each measurement runs in a fresh interpreter; the first uses a new empty MOEFUSE_CACHE_DIR, the
 second the same folder (every cubin already there)."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def measure(cache: str) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as cache:
         cold = measure(cache)
         warm = measure(cache)

@@ -12,9 +12,10 @@ pattern of the fused finalize's write-out). Prints GB/s of payload, median of th
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import cupy as cp
+
+from moefuse_bench.timing import Timing, median_ms
 
 SOURCE = r"""
 #define OP_KERNEL(NAME, ASM)                                                                 \
@@ -44,20 +45,12 @@ OP_KERNEL(op_red_f32, "red.global.add.v4.f32 [%0], {%1, %2, %3, %4};")
 OPS = ("op_store", "op_red_bf16x2", "op_red_f16x2", "op_red_f32")
 
 
-def gbps(kernel, grid: tuple[int, int], target, iters: int, rows: bool, reps: int) -> float:
-    """Payload GB/s of one operation kernel, median of `reps` timed launches after one warm-up."""
+def gbps(kernel, grid: tuple[int, int], target, iters: int, rows: bool, reps: int, stream) -> float:
+    """Payload GB/s of one operation kernel, median of `reps` timed launches after a warm-up."""
     blocks, threads = grid
     args = (target, cp.int64(target.size // 16), cp.int32(iters), cp.int32(rows))
-    kernel((blocks,), (threads,), args)
-    times = []
-    for _ in range(reps):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        kernel((blocks,), (threads,), args)
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    return 16 * blocks * threads * iters / statistics.median(times) / 1e6
+    ms = median_ms(lambda _: kernel((blocks,), (threads,), args), stream, Timing(reps=reps, warmup=1))
+    return 16 * blocks * threads * iters / ms / 1e6
 
 
 def main() -> None:
@@ -67,7 +60,7 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=1024, help="MB of payload per launch")
     args = parser.parse_args()
     module = cp.RawModule(code=SOURCE, options=("--std=c++17",))
-    device = cp.cuda.Device()
+    device, stream = cp.cuda.Device(), cp.cuda.get_current_stream()
     grid = (4 * device.attributes["MultiProcessorCount"], 256)
     iters = (args.bytes << 20) // (16 * grid[0] * grid[1])
     print(f"{cp.cuda.runtime.getDeviceProperties(device.id)['name'].decode()}: {grid[0]} x {grid[1]} threads")
@@ -76,7 +69,8 @@ def main() -> None:
         target = cp.zeros(footprint << 20, dtype=cp.uint8)
         for pattern in ("stream", "rows"):
             for op in OPS:
-                rate = gbps(module.get_function(op), grid, target, iters, pattern == "rows", args.reps)
+                kernel = module.get_function(op)
+                rate = gbps(kernel, grid, target, iters, pattern == "rows", args.reps, stream)
                 print(f"{op:16} {pattern:8} {footprint:12d} {rate:8.0f}")
 
 

@@ -3,15 +3,18 @@
 compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
 """
 
+import argparse
+
 import cupy
 import ml_dtypes
 import numpy as np
-from forward_once import force_family  # tools/ is first on sys.path
 
 import moefuse
+from moefuse_bench.variants import FAMILIES
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     rng = np.random.default_rng(0)
     bf16 = ml_dtypes.bfloat16
     num_tokens, hidden, inter, experts, top_k = 100, 264, 200, 16, 4
@@ -31,13 +34,13 @@ def main() -> None:
     many = cupy.asarray(rng.integers(0, experts, (2000, top_k)).astype(np.int32))
     big_x = cupy.asarray(rng.standard_normal((2000, hidden)).astype(bf16))
     big_w = cupy.asarray(rng.random((2000, top_k)).astype(np.float32))
-    for family in ("rows", "swapped", "wide"):  # every Hopper kernel family at every size
-        force_family(family)
-        for fused in (True, False):
-            layer(x, weights, ids, fused_finalize=fused)
-            layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
-            layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
-        moefuse.MoELayer(w1, w2)(big_x, big_w, many)
+    for family in FAMILIES:  # every Hopper kernel family at every size
+        with moefuse.override(family=family):
+            for fused in (True, False):
+                layer(x, weights, ids, fused_finalize=fused)
+                layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
+                layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
+            moefuse.MoELayer(w1, w2)(big_x, big_w, many)
     cupy.cuda.Device().synchronize()
     print("sanitize_forward: done")
 

@@ -1,11 +1,11 @@
 """SM clock, power and throughput of a short burst vs sustained load, for cuBLAS and a moefuse forward.
 
-    python tools/sustained_clocks.py [--shape H,I,E,k] [--tokens T]
+    python tools/sustained_clocks.py [--shape mixtral|H,I,E,k|HxIxExk] [--tokens T]
 
 bench.py's matmul ceiling is a burst of 20 cuBLAS 8192^3 products from an idle GPU; a large MoE
-forward runs long enough for the power cap to lower the clock. This times both ways, sampling
-`nvidia-smi` every 20 ms, and prints each phase's median time, TFLOP/s, mean SM clock, mean power
-and the clock-event reasons seen (0x4: software power cap).
+forward runs long enough for the power cap to lower the clock. This times both ways, with the
+benchmark's timing core, sampling `nvidia-smi` every 20 ms, and prints each phase's median time,
+TFLOP/s, mean SM clock, mean power and the clock-event reasons seen (0x4: software power cap).
 """
 
 from __future__ import annotations
@@ -14,39 +14,36 @@ import argparse
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import cupy as cp
-import ml_dtypes
-from forward_once import random_problem  # tools/ is first on sys.path
+
+from moefuse_bench.ceilings import CEILING_TIMING, MATMUL_N
+from moefuse_bench.dtypes import BF16
+from moefuse_bench.problems import randn, random_problem
+from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.timing import Timing, idle, median_ms
 
 QUERY = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
 
 
-def timed(fn, reps: int, stream) -> tuple[float, float, float]:
-    """(t0, t1, median ms) of `reps` calls of fn after 3 warm-ups, from an idle GPU."""
-    stream.synchronize()
-    time.sleep(1.5)
+def timed(fn: Callable[[], object], reps: int, stream: cp.cuda.Stream) -> tuple[float, float, float]:
+    """(t0, t1, median ms) of `reps` calls of fn after 3 warm-ups, from an idle GPU; t0 and t1
+    bound the calls, not the idle time before them."""
+    idle(stream, 1.5)
     t0 = time.time()
-    for _ in range(3):
-        fn()
-    events = []
-    for _ in range(reps):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record(stream)
-        fn()
-        end.record(stream)
-        events.append((start, end))
-    stream.synchronize()
-    return t0, time.time(), statistics.median(cp.cuda.get_elapsed_time(a, b) for a, b in events)
+    ms = median_ms(lambda _: fn(), stream, Timing(reps=reps, warmup=CEILING_TIMING.warmup))
+    return t0, time.time(), ms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="4096,14336,8,2", help="H,I,E,k")
+    parser.add_argument("--shape", type=parse_shape, default="mixtral", help=NAMES_HELP)
     parser.add_argument("--tokens", type=int, default=16384)
     args = parser.parse_args()
-    hidden, inter, experts, top_k = (int(v) for v in args.shape.split(","))
+    layer, case = random_problem(args.shape, args.tokens)
+    x, weights, ids = case.sets[0]
     sampler = subprocess.Popen(
         ["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-lms", "20"],
         stdout=subprocess.PIPE,
@@ -55,17 +52,22 @@ def main() -> None:
     stream = cp.cuda.Stream(non_blocking=True)
     phases = []
     with stream:
-        n = 8192
-        a = cp.random.standard_normal((n, n), dtype=cp.float32).astype(ml_dtypes.bfloat16)
-        b = cp.random.standard_normal((n, n), dtype=cp.float32).astype(ml_dtypes.bfloat16)
-        layer, x, weights, ids = random_problem(hidden, inter, experts, top_k, args.tokens)
-        out = cp.empty((args.tokens, hidden), dtype=x.dtype)
-        forward_flops = 6 * args.tokens * top_k * hidden * inter
+        n = MATMUL_N
+        a, b = randn((n, n), 1.0, BF16), randn((n, n), 1.0, BF16)
+        out = cp.empty((args.tokens, args.shape.H), dtype=x.dtype)
+        burst, forward_flops = CEILING_TIMING.reps, args.shape.flops(args.tokens)
+
+        def matmul() -> None:
+            cp.matmul(a, b)
+
+        def forward() -> None:
+            layer(x, weights, ids, out=out)
+
         for name, fn, flops, reps in (
-            ("cuBLAS 8192^3, 20 reps", lambda: cp.matmul(a, b), 2 * n**3, 20),
-            ("cuBLAS 8192^3, 300 reps", lambda: cp.matmul(a, b), 2 * n**3, 300),
-            ("moefuse forward, 10 reps", lambda: layer(x, weights, ids, out=out), forward_flops, 10),
-            ("moefuse forward, 60 reps", lambda: layer(x, weights, ids, out=out), forward_flops, 60),
+            (f"cuBLAS {n}^3, {burst} reps", matmul, 2 * n**3, burst),
+            (f"cuBLAS {n}^3, 300 reps", matmul, 2 * n**3, 300),
+            ("moefuse forward, 10 reps", forward, forward_flops, 10),
+            ("moefuse forward, 60 reps", forward, forward_flops, 60),
         ):
             phases.append((name, flops, *timed(fn, reps, stream)))
     sampler.terminate()
@@ -74,7 +76,7 @@ def main() -> None:
         stamp, mhz, watts, reasons = (f.strip() for f in line.split(","))
         when = datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f").timestamp()
         samples.append((when, float(mhz), float(watts), reasons))
-    print(f"shape H,I,E,k={args.shape} T={args.tokens}")
+    print(f"shape {args.shape.name} T={args.tokens}")
     print(f"{'phase':26} {'median ms':>10} {'TFLOP/s':>8} {'SM MHz':>7} {'W':>5}  reasons")
     for name, flops, t0, t1, ms in phases:
         seen = [s for s in samples if t0 <= s[0] <= t1] or samples[:1]

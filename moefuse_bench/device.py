@@ -1,0 +1,94 @@
+"""The GPU a measurement runs on: whether there is one, what it is; memory pools; messages.
+
+CuPy is imported inside the functions: bench.py must say "no GPU" (exit code 2) even where CuPy
+itself does not import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+
+GiB = 1 << 30
+
+
+def short(e: BaseException, n: int = 80) -> str:
+    """An exception as one line of at most n characters."""
+    msg = " ".join(f"{type(e).__name__}: {e}".split())
+    return msg if len(msg) <= n else msg[: n - 3] + "..."
+
+
+def log(msg: str) -> None:
+    """Progress and warnings go to stderr; the results to stdout."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why there is no usable CUDA GPU, or None when there is one."""
+    try:
+        import cupy as cp
+    except Exception as exc:
+        return f"cupy not importable: {' '.join(str(exc).split())}"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return short(e, 160)
+    return None if n > 0 else "0 devices"
+
+
+def l2_bytes() -> int:
+    """The current device's L2 size (50 MiB where the driver does not say)."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    return int(props.get("l2CacheSize", 0)) or 50 << 20
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    cc: str
+    mem_gib: float
+    l2_bytes: int
+    driver: int
+    cupy: str
+    backend: str  # the moefuse kernels this GPU runs (sm80, sm90)
+
+
+def gpu_info(moefuse: ModuleType) -> GpuInfo:
+    """The current device; its name from NVML where available (the marketing name, e.g. H100 SXM)."""
+    import cupy as cp
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = None
+    with contextlib.suppress(Exception):
+        import pynvml
+
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByPciBusId(dev.pci_bus_id))
+    if not name:
+        with contextlib.suppress(Exception):
+            name = moefuse.gpu_name()
+    name = name or props["name"]
+    return GpuInfo(
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        cc=f"{props['major']}.{props['minor']}",
+        mem_gib=round(props["totalGlobalMem"] / GiB, 1),
+        l2_bytes=l2_bytes(),
+        driver=cp.cuda.runtime.driverGetVersion(),
+        cupy=cp.__version__,
+        backend=moefuse.backends.for_device(dev.id).name,
+    )
+
+
+def free_pools() -> None:
+    """Return CuPy's (and torch's, if loaded) cached blocks, so the next allocation sees all."""
+    import cupy as cp
+
+    cp.get_default_memory_pool().free_all_blocks()
+    if "torch" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["torch"].cuda.empty_cache()

@@ -1,0 +1,239 @@
+"""bench.py's run: the ceilings, then per shape one layer over random weights and per token count
+a case, checked against the CuPy baseline (and torch's), then timed. Results are rows of plain
+dicts, the JSON file's "results"."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import cupy as cp
+
+from . import ceilings as ceil
+from .baselines import cupy_baseline, torch_baseline
+from .device import GiB, GpuInfo, free_pools, gpu_info, log, short
+from .dtypes import BF16, rel_err
+from .problems import DTYPES, Case, make_case, random_weights
+from .report import Meta, fmt
+from .shapes import Shape
+from .timing import L2Flush, Timing, forward_runner, layer_step_samples, median_ms, medians
+
+WARN_REL_ERR = 2e-2
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for."""
+
+    shapes: list[Shape]
+    tokens: list[int]
+    dtype: str  # a key of problems.DTYPES
+    skew: bool
+    sets: int
+    graph_max_tokens: int
+    no_baseline: bool
+    stages: bool
+    seed: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every case of a run shares."""
+
+    stream: cp.cuda.Stream
+    gpu: GpuInfo
+    ceilings: ceil.Ceilings
+    bf16_mm: bool  # cupy.matmul takes bf16 (else the CuPy baseline upcasts)
+    flush: L2Flush
+
+
+@dataclass(frozen=True)
+class ShapeLayer:
+    """One shape's random weights and the moefuse layer over them."""
+
+    w1: cp.ndarray
+    w2: cp.ndarray
+    layer: Any
+
+
+def case_mem_estimate(shape: Shape, T: int, sets: int, elem: int) -> int:
+    """Generous: input sets + moefuse workspace + both baselines' intermediates."""
+    inputs = sets * T * (shape.H * elem + shape.k * 8)
+    work = 3 * T * shape.k * (shape.H * (2 * elem + 8) + 3 * shape.I * elem)
+    return inputs + work + (256 << 20)
+
+
+def check_case(
+    case: Case, sl: ShapeLayer, session: Session, options: Options, row: dict[str, Any]
+) -> tuple[Callable | None, Callable | None]:
+    """Correctness, once per case (also the first, compiling, calls). Returns the baselines
+    that work (None for one that failed or was not asked for)."""
+    x, w, ids = case.sets[0]
+    fused = sl.layer(x, w, ids, fused_finalize=True)
+    row["err_unfused_vs_fused"] = rel_err(sl.layer(x, w, ids, fused_finalize=False), fused)
+    cupy_run = cupy_baseline(sl.w1, sl.w2, case.shape.k, session.bf16_mm)
+    try:
+        row["err"] = rel_err(fused, cupy_run(x, w, ids))
+    except Exception as e:
+        cupy_run = None
+        row["notes"].append(f"cupy baseline failed: {short(e)}")
+    if case.dtype == BF16 and not session.bf16_mm:
+        row["notes"].append("cupy baseline upcasts to fp32 (CuPy refused bf16 matmul)")
+    torch_run = None
+    if not options.no_baseline:
+        try:
+            torch_run = torch_baseline(case.shape, case.sets, sl.w1, sl.w2, session.stream)
+            # The baseline runs on our non-blocking stream; its result is read after it finishes
+            # (converting it on torch's default stream raced with it: errors of 1.0 or NaN).
+            torch_out = torch_run(0)
+            session.stream.synchronize()
+            row["err_torch"] = rel_err(cp.from_dlpack(torch_out.float()), fused)
+        except Exception as e:
+            torch_run = None
+            row["notes"].append(f"torch n/a ({short(e)})")
+        if torch_run and (case.dtype != BF16 or session.gpu.cc.split(".")[0] not in ("9", "10")):
+            row["notes"].append("torch._grouped_mm likely runs its per-group fallback here")
+    for key, what in (("err", "moefuse vs cupy baseline"), ("err_torch", "torch vs moefuse")):
+        if not row.get(key, 0.0) <= WARN_REL_ERR:  # NaN fails too
+            log(f"  WARNING: {what}: relative error {row[key]:.3g} > {WARN_REL_ERR}")
+    return cupy_run, torch_run
+
+
+def run_case(case: Case, sl: ShapeLayer, session: Session, options: Options) -> dict[str, Any]:
+    """One case's row: the checks, moefuse fused and unfused, the baselines, the floor, and with
+    --stages the per-step times."""
+    row: dict[str, Any] = {"case": case.name, "T": case.T, "notes": []}
+    cupy_run, torch_run = check_case(case, sl, session, options, row)
+    stream, timing = session.stream, options.timing
+
+    def median(run: Callable[[int], object]) -> float:
+        return median_ms(run, stream, timing, n_sets=len(case.sets), flush=session.flush)
+
+    graph = options.graph_max_tokens >= case.T
+    out = cp.empty((case.T, case.shape.H), dtype=case.dtype)
+    for key, fused in (("fused_ms", True), ("unfused_ms", False)):
+        run, mode = forward_runner(sl.layer, case.sets, stream, graph=graph, out=out, fused=fused)
+        row[key] = median(run)
+        row.setdefault("mode", mode)
+    if not options.no_baseline:
+        timed = [
+            ("cupy_ms", cupy_run and (lambda i: cupy_run(*case.sets[i]))),
+            ("torch_ms", torch_run),
+        ]
+        for key, run in timed:
+            try:
+                row[key] = median(run) if run else None
+            except Exception as e:
+                row[key] = None
+                row["notes"].append(f"{key[:-3]} timing failed: {short(e)}")
+    t = row["fused_ms"] * 1e-3
+    floor_s = session.ceilings.floor_seconds(case.flops, case.bytes)
+    baselines = [row[k] for k in ("cupy_ms", "torch_ms") if row.get(k)]
+    row.update(
+        distinct_experts=case.distinct,
+        flops=case.flops,
+        bytes=case.bytes,
+        tflops=case.flops / t / 1e12,
+        gbps=case.bytes / t / 1e9,
+        floor_ms=floor_s * 1e3,
+        pct_floor=100.0 * floor_s / t,
+        fused_over_unfused=row["fused_ms"] / row["unfused_ms"],
+        speedup=min(baselines) / row["fused_ms"] if baselines else None,
+    )
+    if options.stages:
+        steps = {}
+        for path, fused in (("fused", True), ("unfused", False)):
+            samples = layer_step_samples(sl.layer, case.sets[0], stream, timing, session.flush, fused=fused)
+            steps[path] = medians(samples)
+        row["stages"] = {f"{k} ({path})": v for path, times in steps.items() for k, v in times.items()}
+        row["gemm2_fused_over_store"] = steps["fused"]["gemm2"] / steps["unfused"]["gemm2"]
+    return row
+
+
+def run_shape(
+    shape: Shape, moefuse: ModuleType, session: Session, options: Options, progress: Iterator[str]
+) -> list[dict[str, Any]]:
+    """One layer per shape: weights allocated here and freed before the next shape."""
+    dtype, rows = DTYPES[options.dtype], []
+    skews = (False, True) if options.skew else (False,)
+    variants = [(T, s) for T in options.tokens for s in skews if not (s and T < 2)]
+
+    def skip(T: int, skew: bool, why: str) -> None:
+        name = shape.name + ("+skew" if skew else "")
+        log(f"[{next(progress)}] {name} T={T}: skipped ({why})")
+        rows.append({"case": name, "T": T, "skipped": why})
+
+    free_pools()
+    need, free = 3 * shape.E * shape.H * shape.I * dtype.itemsize, cp.cuda.runtime.memGetInfo()[0]
+    if need + 2 * GiB > free:
+        for T, skew in variants:
+            skip(T, skew, f"weights need {need / GiB:.1f} + 2 GiB, {free / GiB:.1f} GiB free")
+        return rows
+    try:
+        w1, w2 = random_weights(shape, dtype)
+        sl = ShapeLayer(w1, w2, moefuse.MoELayer(w1, w2, activation="swiglu"))
+        sl.layer.reserve(max(options.tokens), shape.k, fused_finalize=False)
+    except Exception as e:
+        for T, skew in variants:
+            skip(T, skew, f"layer setup failed: {short(e)}")
+        return rows
+    for T, skew in variants:
+        name = shape.name + ("+skew" if skew else "")
+        free_pools()
+        need = case_mem_estimate(shape, T, options.sets, dtype.itemsize)
+        if need > cp.cuda.runtime.memGetInfo()[0]:
+            skip(T, skew, f"needs ~{need / GiB:.1f} GiB free device memory")
+            continue
+        log(f"[{next(progress)}] {name} T={T} ...")
+        try:
+            case = make_case(shape, T, dtype=dtype, n_sets=options.sets, skew=skew, seed=options.seed)
+            row = run_case(case, sl, session, options)
+            log(
+                f"  fused {row['fused_ms']:.4f} ms ({row['mode']}), {row['pct_floor']:.1f}% of "
+                f"floor, rel err vs cupy {fmt(row.get('err'), '.1e')}"
+            )
+        except Exception as e:
+            log(f"  failed: {short(e, 300)}")
+            row = {"case": name, "T": T, "failed": short(e)}
+        rows.append(row)
+    del sl, w1, w2
+    free_pools()
+    return rows
+
+
+def run(options: Options, moefuse: ModuleType, command: str) -> tuple[Meta, list[dict[str, Any]]]:
+    """The whole benchmark, on one non-blocking stream: (meta, rows)."""
+    cp.random.seed(options.seed)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:  # everything, CuPy, moefuse and torch, runs on this one stream
+        gpu = gpu_info(moefuse)
+        log(f"GPU: {gpu.name}; measuring ceilings ...")
+        bf16_mm = ceil.probe_bf16_matmul()
+        ceilings = ceil.measure(stream, options.timing.rest, bf16_mm)
+        free_pools()
+        session = Session(stream, gpu, ceilings, bf16_mm, L2Flush(stream))
+        total = len(options.shapes) * sum(1 + (options.skew and T >= 2) for T in options.tokens)
+        progress = (f"{i}/{total}" for i in itertools.count(1))
+        rows = [row for s in options.shapes for row in run_shape(s, moefuse, session, options, progress)]
+        flush_mib = session.flush.nbytes >> 20
+        del session
+    t = options.timing
+    meta = Meta(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        command=command,
+        gpu=gpu,
+        ceilings=ceilings,
+        dtype=options.dtype,
+        torch=getattr(sys.modules.get("torch"), "__version__", None),
+        timing=f"CUDA events, median of <= {t.reps} reps after {t.warmup} warm-ups over "
+        f"{options.sets} rotating input sets; L2 flushed by a {flush_mib} MiB memset before each "
+        f"rep (outside the events); moefuse as CUDA-graph replays for T <= {options.graph_max_tokens}; "
+        f"{t.rest:g} s idle before each measurement",
+    )
+    return meta, rows
