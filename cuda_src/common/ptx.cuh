@@ -5,6 +5,7 @@
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
+typedef int i32;
 typedef long long i64;
 
 #define DEV __device__ __forceinline__
@@ -77,20 +78,15 @@ DEV void ldmatrix_x4(u32 (&r)[4], const void* smem_row) {
 }
 
 // D(16x8, f32) += A(16x16, row) * B(16x8, col); fragments as in the PTX ISA's m16n8k16 figures.
-DEV void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, Bf16*) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-DEV void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, F16*) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+#define MMA_16816_DEFINE(TAG, TYPE)                                                     \
+  DEV void mma_16816(float (&d)[4], const u32(&a)[4], u32 b0, u32 b1, TAG*) {           \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE                 \
+                 ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));       \
+  }
+MMA_16816_DEFINE(Bf16, "bf16")
+MMA_16816_DEFINE(F16, "f16")
 
 // ---- global reductions (fire and forget; address aligned to the access size) --------------------
 // Vector f32 and bf16x2 `red` need sm_90; sm_80 falls back to scalar f32 adds and a CAS loop.

@@ -1,7 +1,8 @@
 // Hopper (sm_90a) grouped GEMM for the MoE expert layers: TMA loads into a STAGES-deep shared
 // memory ring guarded by mbarriers, wgmma on two consumer warpgroups, one producer warpgroup,
-// a persistent grid walking a static tile schedule over the device-side routing plan.
-// grouped_gemm_m128.cu and grouped_gemm_m64.cu instantiate the entry points (one module each).
+// a persistent grid walking a static tile schedule over the device-side routing plan
+// (pipeline.cuh). grouped_gemm_m128.cu and grouped_gemm_m64.cu instantiate the entry points (one
+// module each).
 //
 // M tile i covers permuted rows [i*BM, (i+1)*BM) of expert tile_expert[i], whose segment is padded
 // to BM rows. BM = 128: the consumer warpgroups split the tile's rows (64 each, the whole BN
@@ -17,102 +18,89 @@
 //   ScatterAdd: out[tok, n] += w(p) * (acc + b2[e, n]), tok = permuted_to_expanded[p] / top_k;
 //               K may be split across units (the atomics sum the partials; split 0 adds the bias).
 // Each warpgroup's epilogue stages its 64-row slab through shared memory so that every global store
-// or reduction is a coalesced 16-byte vector.
+// or reduction is a coalesced 16-byte vector (epilogue.cuh).
 #pragma once
-#include "../common/async.cuh"
-#include "wgmma.cuh"
+#include "epilogue.cuh"
+#include "grouped_gemm_units.cuh"
+#include "pipeline.cuh"
 
 namespace sm90 {
+namespace rows {
 
-constexpr int BK = 64;  // one 128-byte swizzled row of 16-bit elements
-constexpr int THREADS = 384;
-constexpr int PRODUCER_REGS = 40;
-constexpr int CONSUMER_REGS = 232;
-constexpr int CONSUMER_WARPS = 8;
-constexpr int GROUP_N = 8;                // n tiles walked together (L2 reuse of A and B)
 constexpr int GATHER_ROWS_PER_PASS = 32;  // of a stage, by the 128 producer threads (4 per row)
 constexpr int STAGING_ROW_BYTES = 128;    // epilogue pass: 128 bytes of each of 64 rows
 constexpr int STAGING_PITCH = 128 + 16;   // padded: fragment writes hit distinct banks
-constexpr int ELEM_BYTES = 2;
 
-enum class Epilogue { SwiGLU, Store, ScatterAdd };
+// One entry point's geometry. How a BM x BN tile is shared by the consumer warpgroups: each issues
+// m64 x WG_N MMAs on its rows (A) and columns (B) of the stage.
+template <typename Elem_, int BM_, int BN_, int STAGES_, Epilogue EPI_, typename OutT_>
+struct Config {
+  using Elem = Elem_;
+  using OutT = OutT_;
+  static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+  static constexpr Epilogue EPI = EPI_;
+  static constexpr bool SWIGLU = EPI == Epilogue::SwiGLU;
+  static constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
+  static constexpr bool GATHER_A = SWIGLU;  // A: x's rows by cp.async (else h's BM-row TMA boxes)
+  static_assert(BM == WGMMA_M || BM == CONSUMER_WARPGROUPS * WGMMA_M, "64- or 128-row tiles");
+  static constexpr bool SPLIT_ROWS = BM > WGMMA_M;  // else the warpgroups split the columns
+  static constexpr int WG_N = SPLIT_ROWS ? BN : BN / CONSUMER_WARPGROUPS;
+  static constexpr int SLICES = BN / WG_N;               // of B's rows (the tile's columns)
+  static constexpr int ACC = WG_N / 2;                   // accumulators per thread
+  static constexpr int OUT_COLS = SWIGLU ? BN / 2 : BN;  // output columns per tile
+  static constexpr int W_ROWS_PER_N = SWIGLU ? 2 : 1;    // w rows per output column: gate, up
+  static constexpr int A_BOX_ROWS = BM;
+  static constexpr int B_BOX_ROWS = SWIGLU ? WG_N / 2 : BN;      // SwiGLU: half a slice, gate or up
+  static constexpr int GATHER_ROWS = BM / GATHER_ROWS_PER_PASS;  // per gathering producer thread
+  // A warpgroup's epilogue: its WG_OUT_COLS output columns of 64 rows, staged PASS_COLS at a time.
+  static constexpr int WG_OUT_COLS = SWIGLU ? WG_N / 2 : WG_N;
+  static constexpr int ROW_COLS = STAGING_ROW_BYTES / (int)sizeof(OutT);
+  static constexpr int PASS_COLS = ROW_COLS < WG_OUT_COLS ? ROW_COLS : WG_OUT_COLS;
+  static constexpr int PASSES = WG_OUT_COLS / PASS_COLS;
+  using Pass = StagedPass<PASS_COLS*(int)sizeof(OutT), WGMMA_M, STAGING_PITCH>;
+  static_assert(WG_OUT_COLS % PASS_COLS == 0 && PASS_COLS % 8 == 0, "whole 8-column groups");
 
-// How a BM x BN tile is shared by the two consumer warpgroups: each issues m64 x WG_N MMAs on
-// its rows (A) and columns (B) of the stage.
-template <int BM, int BN>
-struct Split {
-  static_assert(BM == 64 || BM == 128, "64- or 128-row tiles");
-  static constexpr int WG_N = BM == 128 ? BN : BN / 2;
-  static constexpr int SLICES = BN / WG_N;  // of B's rows (the tile's columns)
-  DEV static int a_row(int c) { return BM == 128 ? 64 * c : 0; }
-  DEV static int slice(int c) { return BM == 128 ? 0 : c; }
+  using Tiles = StageTiles<BM * BK * ELEM_BYTES, BN * BK * ELEM_BYTES, STAGES>;
+  static constexpr int STAGING_OFFSET = Tiles::END;
+  static constexpr int BARRIER_OFFSET =
+      STAGING_OFFSET + CONSUMER_WARPGROUPS * WGMMA_M * STAGING_PITCH;
+  static constexpr int SMEM_BYTES = BARRIER_OFFSET + StageRing<STAGES>::BYTES;
+  static_assert(Tiles::B_STAGE_BYTES % 2048 == 0, "whole swizzle atoms per SwiGLU half-slice");
+  static_assert(WG_N >= 64, "wgmma.cuh has N = 64, 128, 256");
+  static_assert(SMEM_BYTES <= SMEM_PER_BLOCK, "exceeds the shared memory of a block");
+
+  DEV static int a_row(int c) { return SPLIT_ROWS ? WGMMA_M * c : 0; }
+  DEV static int slice(int c) { return SPLIT_ROWS ? 0 : c; }
   DEV static int b_row(int c) { return slice(c) * WG_N; }
 };
 
-template <int BM, int BN, int STAGES>
-struct Layout {
-  static constexpr int A_STAGE_BYTES = BM * BK * ELEM_BYTES;
-  static constexpr int B_STAGE_BYTES = BN * BK * ELEM_BYTES;
-  static constexpr int A_OFFSET = 0;
-  static constexpr int B_OFFSET = STAGES * A_STAGE_BYTES;
-  static constexpr int STAGING_OFFSET = B_OFFSET + STAGES * B_STAGE_BYTES;
-  static constexpr int BARRIER_OFFSET = STAGING_OFFSET + 2 * 64 * STAGING_PITCH;
-  static constexpr int BYTES = BARRIER_OFFSET + 2 * STAGES * 8;
-  static_assert(A_STAGE_BYTES % 1024 == 0 && B_STAGE_BYTES % 2048 == 0, "swizzle atoms");
-  static_assert(Split<BM, BN>::WG_N >= 64, "wgmma.cuh has N = 64, 128, 256");
-  static_assert(BYTES <= 232448, "exceeds the 227 KiB of shared memory per block");
+// The numbers an entry point with Config C publishes (common/spec.cuh).
+// clang-format off
+#define MOEFUSE_SM90_ROWS_INTS(C)                                                      \
+  {"smem_bytes", C::SMEM_BYTES}, {"tile_m", C::BM}, {"tile_n", C::BN},                 \
+  {"out_cols", C::OUT_COLS}, {"tile_k", sm90::BK}, {"stages", C::STAGES},              \
+  {"a_box_rows", C::A_BOX_ROWS}, {"b_box_rows", C::B_BOX_ROWS}
+// clang-format on
+
+// The kernel's arguments, as the entry point declares them.
+template <typename Cfg>
+struct Args : PlanArgs<typename Cfg::Elem, typename Cfg::OutT> {
+  const TmaDesc* a_desc;        // GEMM2: h
+  const typename Cfg::Elem* x;  // GEMM1
+  const TmaDesc* b_desc;
+  const int* tile_expert;
+  int k_splits;
 };
 
-// One unit of work: an output tile (m, n) and a slice of the K blocks.
-struct Unit {
-  int m, n, k_begin, k_end;
-};
-
-struct Schedule {
-  int num_m, num_n, k_splits, k_blocks, k_per_split;
-  DEV int count() const { return num_m * num_n * k_splits; }
-  // Units sharing a K slice are walked GROUP_N n tiles at a time, n fastest inside a group, then
-  // m: neighbouring CTAs share A tiles and B tiles while both are still in L2. (An expert-major
-  // order measured slower on most shapes: docs/PERF.md, change 17.)
-  DEV Unit unit(int u) const {
-    const int split = u % k_splits;
-    const int t = u / k_splits;
-    const int per_group = num_m * GROUP_N;
-    const int group = t / per_group, r = t % per_group;
-    const int n_first = group * GROUP_N;
-    const int width = min(GROUP_N, num_n - n_first);
-    Unit unit;
-    unit.m = r / width;
-    unit.n = n_first + r % width;
-    unit.k_begin = split * k_per_split;
-    unit.k_end = min(k_blocks, unit.k_begin + k_per_split);
-    return unit;
-  }
-};
-
-// Epilogue geometry: each pass stages PASS_COLS output columns of the warpgroup's 64 rows, then
-// every thread moves 16-byte chunks: chunk t % CHUNKS_PER_ROW of rows t / CHUNKS_PER_ROW + i *
-// ROWS_PER_STEP for i < STEPS (the same rows in every pass).
-template <int BN, Epilogue EPI, typename OutT>
-struct Epi {
-  static constexpr int OUT_COLS = EPI == Epilogue::SwiGLU ? BN / 2 : BN;
-  static constexpr int ROW_COLS = STAGING_ROW_BYTES / (int)sizeof(OutT);
-  static constexpr int PASS_COLS = ROW_COLS < OUT_COLS ? ROW_COLS : OUT_COLS;
-  static constexpr int CHUNK_ELEMS = 16 / sizeof(OutT);
-  static constexpr int CHUNKS_PER_ROW = PASS_COLS / CHUNK_ELEMS;
-  static constexpr int ROWS_PER_STEP = 128 / CHUNKS_PER_ROW;
-  static constexpr int STEPS = 64 / ROWS_PER_STEP;
-  static_assert(OUT_COLS % PASS_COLS == 0 && PASS_COLS % 8 == 0, "whole passes of 8-column groups");
-};
-
-DEV void store_pair(unsigned char* dst, float v0, float v1, Bf16* tag) {
-  *reinterpret_cast<u32*>(dst) = pack2(tag, v0, v1);
-}
-DEV void store_pair(unsigned char* dst, float v0, float v1, F16* tag) {
-  *reinterpret_cast<u32*>(dst) = pack2(tag, v0, v1);
-}
-DEV void store_pair(unsigned char* dst, float v0, float v1, float*) {
-  *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+template <typename Cfg>
+DEV Schedule schedule(const Args<Cfg>& args) {
+  Schedule sched;
+  sched.num_m = args.expert_offsets[args.num_local_experts] / Cfg::BM;
+  sched.num_n = (args.N + Cfg::OUT_COLS - 1) / Cfg::OUT_COLS;
+  sched.k_blocks = (args.K + BK - 1) / BK;
+  sched.k_splits = args.k_splits;
+  sched.k_per_split = (sched.k_blocks + args.k_splits - 1) / args.k_splits;
+  return sched;
 }
 
 // The x rows a gathering producer thread copies for M tile `m`: token[i] for tile row
@@ -149,23 +137,109 @@ DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int
   }
 }
 
-// GEMM1 of the fused path clears GEMM2's output with its producer warpgroup's spare threads.
-DEV void clear_vectors(Vec16* __restrict__ zero, i64 count) {
-  const Vec16 zeros = {{0u, 0u, 0u, 0u}};
-  for (i64 v = (i64)blockIdx.x * 128 + threadIdx.x; v < count; v += (i64)gridDim.x * 128)
-    zero[v] = zeros;
+// The producer's loads of one unit into the current stage: thread 0 loads B (GEMM2: and A's
+// BM-row box) by TMA; in GEMM1 every producer thread then copies its share of the tile's x rows.
+template <typename Cfg>
+struct TileLoads {
+  const Args<Cfg>& args;
+  const StageRing<Cfg::STAGES>& ring;
+  unsigned char* smem;
+  int m, b_row;                                     // the unit's M tile, its first row of B
+  int token[Cfg::GATHER_A ? Cfg::GATHER_ROWS : 1];  // GEMM1: gather_tokens
+
+  DEV void operator()(int kb) const {
+    using T = typename Cfg::Tiles;
+    unsigned char* a_tile = T::a(smem, ring.stage());
+    unsigned char* b_tile = T::b(smem, ring.stage());
+    if (threadIdx.x == 0) {
+      u64* bar = ring.expect_bytes((Cfg::GATHER_A ? 0 : T::A_STAGE_BYTES) + T::B_STAGE_BYTES);
+      if (Cfg::SWIGLU) {
+        // Each warpgroup's slice of B: its WG_N/2 gate rows, then the matching up rows.
+        constexpr int HALF_SLICE = Cfg::B_BOX_ROWS;
+#pragma unroll
+        for (int s = 0; s < Cfg::SLICES; ++s) {
+          unsigned char* slice = b_tile + s * Cfg::WG_N * BK * ELEM_BYTES;
+          const int gate_row = b_row + s * HALF_SLICE;
+          tma_load_2d(slice, args.b_desc, bar, kb * BK, gate_row);
+          tma_load_2d(slice + HALF_SLICE * BK * ELEM_BYTES, args.b_desc, bar, kb * BK,
+                      gate_row + args.N);
+        }
+      } else {
+        tma_load_2d(b_tile, args.b_desc, bar, kb * BK, b_row);
+        tma_load_2d(a_tile, args.a_desc, bar, kb * BK, m * Cfg::BM);
+      }
+    }
+    if (Cfg::GATHER_A) {
+      gather_stage(a_tile, args.x, token, args.K, kb);
+      cp_async_mbar_arrive_noinc(ring.ready_bar());
+    }
+  }
+};
+
+// The producer warpgroup: in GEMM1 all of it takes part (the gather), else thread 0 alone.
+template <typename Cfg>
+DEV void produce_tiles(const Args<Cfg>& args, const Schedule& sched, unsigned char* smem,
+                       StageRing<Cfg::STAGES> ring) {
+  regs_dealloc<PRODUCER_REGS>();
+  if (Cfg::GATHER_A || threadIdx.x == 0) {
+    if (threadIdx.x == 0) {
+      if (!Cfg::GATHER_A) tma_prefetch_desc(args.a_desc);
+      tma_prefetch_desc(args.b_desc);
+    }
+    const int w_rows = Cfg::W_ROWS_PER_N * args.N;
+    produce(ring, sched, [&](const Unit& unit) {
+      TileLoads<Cfg> loads{args, ring, smem, unit.m};
+      if (Cfg::GATHER_A)
+        gather_tokens<Cfg::BM>(loads.token, args.permuted_to_expanded, unit.m, args.top_k);
+      // after the gather's lookups: in the other order ptxas spills the producer's 40 registers
+      loads.b_row = args.tile_expert[unit.m] * w_rows + unit.n * Cfg::OUT_COLS;
+      return loads;
+    });
+  }
 }
 
-// Epilogue, registers -> staging for one pass: bias, SwiGLU or router scale, conversion. The
-// warpgroup's fragment rows 16 * warp + lane / 4 (+8) land in staging rows of STAGING_PITCH bytes.
-template <int BN, Epilogue EPI, typename OutT, bool HAS_BIAS, typename Elem>
-DEV void stage_pass(const float (&acc)[BN / 2], int pass, int first_col, int N,
-                    const Elem* __restrict__ expert_bias, const float (&row_scale)[2],
-                    unsigned char* staging, int warp, int lane) {
-  using E = Epi<BN, EPI, OutT>;
+// A consumer thread's rows of a tile. Their lookups are issued before the main loop, which hides
+// their latency: the slots of this thread's write-out rows, and (ScatterAdd) of its fragment rows,
+// whose router weights load once the first MMAs are issued (load_scales).
+template <typename Cfg>
+struct TileRows {
+  int row_base, first_col;  // the warpgroup's first permuted row and output column
+  int out_expanded[Cfg::Pass::STEPS];
+  int frag_expanded[2];
+  float row_scale[2] = {1.0f, 1.0f};
+
+  DEV TileRows(const Args<Cfg>& args, const Unit& unit, const ConsumerThread& me)
+      : row_base(unit.m * Cfg::BM + Cfg::a_row(me.c)),
+        first_col(unit.n * Cfg::OUT_COLS + Cfg::slice(me.c) * Cfg::WG_OUT_COLS) {
+    using P = typename Cfg::Pass;
 #pragma unroll
-  for (int g = 0; g < E::PASS_COLS / 8; ++g) {
-    const int j8 = pass * (E::PASS_COLS / 8) + g;  // 8-column group of the output tile
+    for (int i = 0; i < P::STEPS; ++i)
+      out_expanded[i] =
+          args.permuted_to_expanded[row_base + me.t / P::CHUNKS_PER_ROW + i * P::ROWS_PER_STEP];
+    if (Cfg::SCATTER) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        frag_expanded[half] =
+            args.permuted_to_expanded[row_base + 16 * me.warp + me.lane / 4 + 8 * half];
+    }
+  }
+  DEV void load_scales(const float* __restrict__ topk_weights) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      row_scale[half] = frag_expanded[half] >= 0 ? topk_weights[frag_expanded[half]] : 0.0f;
+  }
+};
+
+// Epilogue (1) + (2) for one pass: the finished values (bias, SwiGLU or router weight) of the
+// pass's columns, converted into staging. The warpgroup's fragment rows 16 * warp + lane / 4 (+8)
+// land in staging rows of STAGING_PITCH bytes.
+template <typename Cfg, bool HAS_BIAS>
+DEV void stage_pass(const float (&acc)[Cfg::ACC], int pass, int first_col, int N,
+                    const typename Cfg::Elem* __restrict__ expert_bias, const float (&row_scale)[2],
+                    unsigned char* staging, int warp, int lane) {
+#pragma unroll
+  for (int g = 0; g < Cfg::PASS_COLS / 8; ++g) {
+    const int j8 = pass * (Cfg::PASS_COLS / 8) + g;  // 8-column group of the output tile
     const int col = first_col + j8 * 8 + 2 * (lane % 4);
     const bool col_ok = col < N;
 #pragma unroll
@@ -174,227 +248,129 @@ DEV void stage_pass(const float (&acc)[BN / 2], int pass, int first_col, int N,
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const float x = acc[4 * j8 + 2 * half + q];
-        if (EPI == Epilogue::SwiGLU) {
-          const float up = acc[4 * (j8 + BN / 16) + 2 * half + q];
+        if constexpr (Cfg::SWIGLU) {
+          const float up = acc[4 * (j8 + Cfg::WG_N / 16) + 2 * half + q];
           const float bg = HAS_BIAS && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
           const float bu = HAS_BIAS && col_ok ? to_float(expert_bias[N + col + q]) : 0.0f;
-          v[q] = silu(x + bg) * (up + bu);
+          v[q] = swiglu(x, up, bg, bu);
         } else {
           const float b = HAS_BIAS && col_ok ? to_float(expert_bias[col + q]) : 0.0f;
-          v[q] = row_scale[half] * (x + b);
+          v[q] = finish_linear<Cfg::EPI>(x, b, row_scale[half]);
         }
       }
-      store_pair(staging + (16 * warp + lane / 4 + 8 * half) * STAGING_PITCH +
-                     (g * 8 + 2 * (lane % 4)) * (int)sizeof(OutT),
-                 v[0], v[1], (OutT*)nullptr);
+      stage_pair<typename Cfg::OutT>(staging + (16 * warp + lane / 4 + 8 * half) * STAGING_PITCH +
+                                         (g * 8 + 2 * (lane % 4)) * (int)sizeof(typename Cfg::OutT),
+                                     v[0], v[1]);
     }
   }
 }
 
-template <typename Elem, int BM, int BN, int STAGES, Epilogue EPI, typename OutT>
-DEV void grouped_gemm(const TmaDesc* a_desc, const Elem* __restrict__ x, const TmaDesc* b_desc,
-                      const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
-                      const int* __restrict__ expert_offsets, int num_local_experts,
-                      const int* __restrict__ permuted_to_expanded,
-                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
-                      int top_k, int k_splits, Vec16* __restrict__ zero, i64 zero_vectors) {
-  constexpr bool GATHER_A = EPI == Epilogue::SwiGLU;  // A: x's rows (else a_desc's boxes)
-  using L = Layout<BM, BN, STAGES>;
-  using S = Split<BM, BN>;
-  using E = Epi<S::WG_N, EPI, OutT>;  // one warpgroup's epilogue
-  constexpr int TILE_OUT_COLS = Epi<BN, EPI, OutT>::OUT_COLS;
-  constexpr int ACC = S::WG_N / 2;
-  constexpr int GATHER_ROWS_PER_THREAD = BM / GATHER_ROWS_PER_PASS;
-
-  // 1024-byte alignment: the 128-byte swizzle repeats every 1024 bytes (TMA and wgmma agree on
-  // the pattern only from such a base).
-  extern __shared__ __align__(1024) unsigned char smem[];
-  u64* inputs_ready = reinterpret_cast<u64*>(smem + L::BARRIER_OFFSET);
-  u64* stage_free = inputs_ready + STAGES;
-
-  const int warpgroup = threadIdx.x / 128;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(&inputs_ready[s], GATHER_A ? 1 + 128 : 1);  // + each gathering producer thread
-      mbar_init(&stage_free[s], CONSUMER_WARPS);
-    }
-    mbar_init_fence();
-  }
-  __syncthreads();
-
-  Schedule sched;
-  sched.num_m = expert_offsets[num_local_experts] / BM;
-  sched.num_n = (N + TILE_OUT_COLS - 1) / TILE_OUT_COLS;
-  sched.k_blocks = (K + BK - 1) / BK;
-  sched.k_splits = k_splits;
-  sched.k_per_split = (sched.k_blocks + k_splits - 1) / k_splits;
-  const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
-
-  if (warpgroup == 0) {
-    regs_dealloc<PRODUCER_REGS>();
-    // ---- the producer: thread 0 waits for a free stage, loads B (GEMM2: and A's BM-row box) by
-    // TMA; in GEMM1 the whole warpgroup waits too, then copies the tile's x rows (gather_stage).
-    if (GATHER_A || threadIdx.x == 0) {
-      if (threadIdx.x == 0) {
-        if (!GATHER_A) tma_prefetch_desc(a_desc);
-        tma_prefetch_desc(b_desc);
-      }
-      RingState<STAGES> ring;
-      for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
-        const Unit unit = sched.unit(u);
-        const int b_row = tile_expert[unit.m] * w_rows + unit.n * TILE_OUT_COLS;
-        int token[GATHER_A ? GATHER_ROWS_PER_THREAD : 1];
-        if (GATHER_A) gather_tokens<BM>(token, permuted_to_expanded, unit.m, top_k);
-        for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
-          u64* bar = &inputs_ready[ring.stage];
-          unsigned char* a_tile = smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES;
-          unsigned char* b_tile = smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES;
-          mbar_wait(&stage_free[ring.stage], ring.phase ^ 1);
-          if (threadIdx.x == 0) {
-            mbar_arrive_expect_tx(bar, (GATHER_A ? 0 : L::A_STAGE_BYTES) + L::B_STAGE_BYTES);
-            if (EPI == Epilogue::SwiGLU) {
-              // Each warpgroup's slice of B: its WG_N/2 gate rows, then the matching up rows.
-              constexpr int HALF_SLICE = S::WG_N / 2;
+// The epilogue of a tile: registers -> staging (scaled, biased, converted) -> 16-byte global ops,
+// pass by pass. Rows whose permuted_to_expanded is -1 are padding, never written.
+template <typename Cfg>
+DEV void write_tile(const Args<Cfg>& args, const Unit& unit, const ConsumerThread& me,
+                    const float (&acc)[Cfg::ACC], const TileRows<Cfg>& rows,
+                    unsigned char* staging) {
+  using P = typename Cfg::Pass;
+  using OutT = typename Cfg::OutT;
+  const int expert = args.tile_expert[unit.m];
+  const typename Cfg::Elem* expert_bias = args.bias && unit.k_begin == 0
+                                              ? args.bias + (i64)expert * Cfg::W_ROWS_PER_N * args.N
+                                              : nullptr;
+  OutT* dst_row[P::STEPS];  // of this thread's write-out rows; null for padding rows
 #pragma unroll
-              for (int s = 0; s < S::SLICES; ++s) {
-                unsigned char* slice = b_tile + s * S::WG_N * BK * ELEM_BYTES;
-                const int gate_row = b_row + s * HALF_SLICE;
-                tma_load_2d(slice, b_desc, bar, kb * BK, gate_row);
-                tma_load_2d(slice + HALF_SLICE * BK * ELEM_BYTES, b_desc, bar, kb * BK,
-                            gate_row + N);
-              }
-            } else {
-              tma_load_2d(b_tile, b_desc, bar, kb * BK, b_row);
-              tma_load_2d(a_tile, a_desc, bar, kb * BK, unit.m * BM);
-            }
-          }
-          if (GATHER_A) {
-            gather_stage(a_tile, x, token, K, kb);
-            cp_async_mbar_arrive_noinc(bar);
-          }
-        }
-      }
-    }
-    clear_vectors(zero, zero_vectors);  // once the loads are issued
-    cp_async_wait<0>();
-    return;
+  for (int i = 0; i < P::STEPS; ++i) {
+    const int p = rows.row_base + me.t / P::CHUNKS_PER_ROW + i * P::ROWS_PER_STEP;
+    const i64 row = Cfg::SCATTER ? rows.out_expanded[i] / args.top_k : p;
+    dst_row[i] = rows.out_expanded[i] >= 0 ? args.out + row * args.N : nullptr;
   }
+#pragma unroll
+  for (int pass = 0; pass < Cfg::PASSES; ++pass) {
+    // The bias-free case (the usual one) gets its own copy, free of per-element bias checks.
+    if (expert_bias) {
+      stage_pass<Cfg, true>(acc, pass, rows.first_col, args.N, expert_bias, rows.row_scale, staging,
+                            me.warp, me.lane);
+    } else {
+      stage_pass<Cfg, false>(acc, pass, rows.first_col, args.N, expert_bias, rows.row_scale,
+                             staging, me.warp, me.lane);
+    }
+    consumer_sync(me.c);
+    write_out<P, Cfg::SCATTER, OutT>(
+        staging, me.t, rows.first_col + pass * Cfg::PASS_COLS, args.N,
+        [&](int i, int) { return dst_row[i] != nullptr; }, [&](int i, int) { return dst_row[i]; });
+    consumer_sync(me.c);
+  }
+}
 
-  // ---- consumers: warpgroup c computes its part of each tile (Split) --------------------------
+// Consumer warpgroup c computes its part of each tile: rows a_row(c) of A against B's slice(c).
+template <typename Cfg>
+DEV void consume_tiles(const Args<Cfg>& args, const Schedule& sched, unsigned char* smem,
+                       StageRing<Cfg::STAGES> ring, int role) {
+  using T = typename Cfg::Tiles;
   regs_alloc<CONSUMER_REGS>();
-  const int c = warpgroup - 1;
-  const int t = threadIdx.x % 128, lane = t % 32, warp = t / 32;
-  unsigned char* staging = smem + L::STAGING_OFFSET + c * 64 * STAGING_PITCH;
-  float acc[ACC];
-  RingState<STAGES> ring;
-  for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) {
-    const Unit unit = sched.unit(u);
-    // The epilogue's row lookups are issued before the main loop, which hides their latency:
-    // the slots of this thread's write-out rows, and (ScatterAdd) of its fragment rows, whose
-    // router weights load once the first MMAs are issued.
-    const int row_base = unit.m * BM + S::a_row(c);
-    const int first_col = unit.n * TILE_OUT_COLS + S::slice(c) * E::OUT_COLS;
-    int out_expanded[E::STEPS];
-#pragma unroll
-    for (int i = 0; i < E::STEPS; ++i)
-      out_expanded[i] =
-          permuted_to_expanded[row_base + t / E::CHUNKS_PER_ROW + i * E::ROWS_PER_STEP];
-    int frag_expanded[2];
-    float row_scale[2] = {1.0f, 1.0f};
-    if (EPI == Epilogue::ScatterAdd) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-        frag_expanded[half] = permuted_to_expanded[row_base + 16 * warp + lane / 4 + 8 * half];
-    }
-    for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
-      mbar_wait(&inputs_ready[ring.stage], ring.phase);
-      if (GATHER_A) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
-      const u64 a = smem_desc_sw128(smem + L::A_OFFSET + ring.stage * L::A_STAGE_BYTES +
-                                    S::a_row(c) * BK * ELEM_BYTES);
-      const u64 b = smem_desc_sw128(smem + L::B_OFFSET + ring.stage * L::B_STAGE_BYTES +
-                                    S::b_row(c) * BK * ELEM_BYTES);
-      wgmma_fence();
-#pragma unroll
-      for (int k16 = 0; k16 < BK / 16; ++k16) {
-        wgmma_m64nNk16<S::WG_N>(acc, smem_desc_advance_k16(a, k16), smem_desc_advance_k16(b, k16),
-                                kb > unit.k_begin || k16 > 0, (Elem*)nullptr);
-      }
-      wgmma_commit();
-      if (EPI == Epilogue::ScatterAdd && kb == unit.k_begin) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          row_scale[half] = frag_expanded[half] >= 0 ? topk_weights[frag_expanded[half]] : 0.0f;
-      }
-      wgmma_wait<0>();  // keeping a batch in flight (wait<1>, the stage freed a batch later)
-                        // measured no faster (docs/PERF.md)
-      if (lane == 0) mbar_arrive(&stage_free[ring.stage]);
-    }
-
-    // ---- epilogue: registers -> staging (scaled, biased, converted) -> 16-byte global ops -----
-    const int expert = tile_expert[unit.m];
-    const Elem* expert_bias = bias && unit.k_begin == 0 ? bias + (i64)expert * w_rows : nullptr;
-    OutT* dst_row[E::STEPS];  // of this thread's write-out rows; null for padding rows
-#pragma unroll
-    for (int i = 0; i < E::STEPS; ++i) {
-      const int p = row_base + t / E::CHUNKS_PER_ROW + i * E::ROWS_PER_STEP;
-      const i64 row = EPI == Epilogue::ScatterAdd ? out_expanded[i] / top_k : p;
-      dst_row[i] = out_expanded[i] >= 0 ? out + row * N : nullptr;
-    }
-#pragma unroll
-    for (int pass = 0; pass < E::OUT_COLS / E::PASS_COLS; ++pass) {
-      // The bias-free case (the usual one) gets its own copy, free of per-element bias checks.
-      if (expert_bias) {
-        stage_pass<S::WG_N, EPI, OutT, true>(acc, pass, first_col, N, expert_bias, row_scale,
-                                             staging, warp, lane);
-      } else {
-        stage_pass<S::WG_N, EPI, OutT, false>(acc, pass, first_col, N, expert_bias, row_scale,
-                                              staging, warp, lane);
-      }
-      named_barrier_sync(1 + c, 128);
-      const int chunk = t % E::CHUNKS_PER_ROW;
-      const int col = first_col + pass * E::PASS_COLS + chunk * E::CHUNK_ELEMS;
-#pragma unroll
-      for (int i = 0; i < E::STEPS; ++i) {
-        if (!dst_row[i] || col >= N) continue;
-        const int r = t / E::CHUNKS_PER_ROW + i * E::ROWS_PER_STEP;
-        const Vec16 v = *reinterpret_cast<const Vec16*>(staging + r * STAGING_PITCH + chunk * 16);
-        if (EPI == Epilogue::ScatterAdd) {
-          red_add_16(dst_row[i] + col, v);
-        } else {
-          st_global_16(dst_row[i] + col, v);
-        }
-      }
-      named_barrier_sync(1 + c, 128);
-    }
-  }
+  const ConsumerThread me = consumer_thread(role);
+  unsigned char* staging = smem + Cfg::STAGING_OFFSET + me.c * WGMMA_M * STAGING_PITCH;
+  float acc[1][Cfg::ACC];
+  for_each_unit(sched, [&](const Unit& unit) {
+    TileRows<Cfg> rows(args, unit, me);
+    consume<Cfg::WG_N, typename Cfg::Elem, Cfg::GATHER_A>(
+        ring, acc, unit.k_begin, unit.k_end, me.lane,
+        [&](u32 stage) {
+          return Operands{T::a(smem, stage) + Cfg::a_row(me.c) * BK * ELEM_BYTES,
+                          T::b(smem, stage) + Cfg::b_row(me.c) * BK * ELEM_BYTES};
+        },
+        [&](int kb) {
+          if (Cfg::SCATTER && kb == unit.k_begin) rows.load_scales(args.topk_weights);
+        });
+    write_tile(args, unit, me, acc[0], rows, staging);
+  });
 }
 
+// The kernel: the stage ring, then the producer warpgroup and the consumers.
+template <typename Cfg>
+DEV void grouped_gemm(const Args<Cfg>& args) {
+  unsigned char* smem = dynamic_smem();
+  StageRing<Cfg::STAGES> ring(smem + Cfg::BARRIER_OFFSET);
+  if (threadIdx.x == 0) ring.init(Cfg::GATHER_A ? 1 + WARPGROUP_THREADS : 1);  // + the gatherers
+  __syncthreads();
+  const Schedule sched = schedule(args);
+  run_roles<Cfg::GATHER_A>(
+      args.zero, args.zero_bytes, [&] { produce_tiles(args, sched, smem, ring); },
+      [&](int role) { consume_tiles(args, sched, smem, ring, role); });
+}
+
+}  // namespace rows
 }  // namespace sm90
 
-// Entry points: one per (dtype, BM, BN, variant), instantiated by grouped_gemm_m{64,128}.cu.
-// Launch: a persistent grid of at most one CTA per SM, THREADS threads, Layout<BM, BN,
-// STAGES>::BYTES of dynamic shared memory; the host side (moefuse/backends.py) mirrors the names
-// and geometry. GEMM1 takes x (gathered rows), GEMM2 the TMA descriptor of h.
-#define MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, EPI, OUT, A_PARAM, A_DESC, X)           \
-  extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                               \
-      NAME(A_PARAM, const __grid_constant__ TmaDesc b_desc, const ELEM* bias,                  \
-           const int* tile_expert, const int* expert_offsets, int num_local_experts,           \
-           const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N, \
-           int top_k, int k_splits, Vec16* zero, i64 zero_vectors) {                           \
-    sm90::grouped_gemm<ELEM, BM, BN, STAGES, sm90::Epilogue::EPI, OUT>(                        \
-        A_DESC, X, &b_desc, bias, tile_expert, expert_offsets, num_local_experts,              \
-        permuted_to_expanded, topk_weights, out, K, N, top_k, k_splits, zero, zero_vectors);   \
+// Entry points: one per (dtype, BM, BN, variant), instantiated by grouped_gemm_m{64,128}.cu, each
+// with its contract (common/spec.cuh) from its rows::Config, sm90::entry::NAME. Launch: a
+// persistent grid of at most one CTA per SM. GEMM1 takes x (gathered rows), GEMM2 the TMA
+// descriptor of h.
+#define MOEFUSE_SM90_ENTRY(NAME, OP, TAG, ELEM, BM, BN, STAGES, EPI, OUT_TAG, OUT, A_PARAM,       \
+                           A_DESC, X)                                                             \
+  namespace sm90::entry {                                                                         \
+  using NAME = sm90::rows::Config<ELEM, BM, BN, STAGES, sm90::Epilogue::EPI, OUT>;                \
+  }                                                                                               \
+  MOEFUSE_SM90_KERNEL(                                                                            \
+      NAME, "family=rows op=" #OP " elem=" #TAG " out=" #OUT_TAG,                                 \
+      (A_PARAM, const __grid_constant__ TmaDesc b_desc, const ELEM* bias, const int* tile_expert, \
+       MOEFUSE_SM90_PLAN_PARAMS(OUT), int k_splits, Vec16* zero, i64 zero_bytes),                 \
+      MOEFUSE_SM90_ROWS_INTS(sm90::entry::NAME)) {                                                \
+    sm90::rows::grouped_gemm(sm90::rows::Args<sm90::entry::NAME>{                                 \
+        MOEFUSE_SM90_PLAN_ARGS, A_DESC, X, &b_desc, tile_expert, k_splits});                      \
   }
-#define MOEFUSE_SM90_GEMM1(NAME, ELEM, BM, BN, STAGES) \
-  MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, SwiGLU, ELEM, const ELEM* x, nullptr, x)
-#define MOEFUSE_SM90_GEMM2(NAME, ELEM, BM, BN, STAGES, EPI, OUT)                                   \
-  MOEFUSE_SM90_ENTRY(NAME, ELEM, BM, BN, STAGES, EPI, OUT, const __grid_constant__ TmaDesc a_desc, \
-                     &a_desc, (const ELEM*)nullptr)
+#define MOEFUSE_SM90_GEMM1(TAG, ELEM, BM, BN, STAGES)                                          \
+  MOEFUSE_SM90_ENTRY(sm90_gemm1_swiglu_##TAG##_m##BM##_n##BN, gemm1_swiglu, TAG, ELEM, BM, BN, \
+                     STAGES, SwiGLU, TAG, ELEM, const ELEM* x, nullptr, x)
+#define MOEFUSE_SM90_GEMM2(NAME, OP, TAG, ELEM, BM, BN, STAGES, EPI, OUT_TAG, OUT) \
+  MOEFUSE_SM90_ENTRY(NAME, OP, TAG, ELEM, BM, BN, STAGES, EPI, OUT_TAG, OUT,       \
+                     const __grid_constant__ TmaDesc a_desc, &a_desc, (const ELEM*)nullptr)
 
-#define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BM, BN, STAGES)                                          \
-  MOEFUSE_SM90_GEMM1(sm90_gemm1_swiglu_##TAG##_m##BM##_n##BN, ELEM, BM, BN, STAGES)              \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_store_##TAG##_m##BM##_n##BN, ELEM, BM, BN, STAGES, Store, ELEM)  \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_##TAG, ELEM, BM, BN, STAGES, \
-                     ScatterAdd, ELEM)                                                           \
-  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_f32, ELEM, BM, BN, STAGES,   \
-                     ScatterAdd, float)
+#define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BM, BN, STAGES)                                            \
+  MOEFUSE_SM90_GEMM1(TAG, ELEM, BM, BN, STAGES)                                                    \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_store_##TAG##_m##BM##_n##BN, gemm2_store, TAG, ELEM, BM, BN,       \
+                     STAGES, Store, TAG, ELEM)                                                     \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_##TAG, gemm2_scatter, TAG,     \
+                     ELEM, BM, BN, STAGES, ScatterAdd, TAG, ELEM)                                  \
+  MOEFUSE_SM90_GEMM2(sm90_gemm2_scatter_##TAG##_m##BM##_n##BN##_out_f32, gemm2_scatter, TAG, ELEM, \
+                     BM, BN, STAGES, ScatterAdd, f32, float)

@@ -4,4 +4,4 @@
 // parallel at a cold start.
 #include "swapped.cuh"
 
-MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped, Narrow, bf16, Bf16)
+MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped, narrow, Narrow, bf16, Bf16)

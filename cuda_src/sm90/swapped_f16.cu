@@ -4,4 +4,4 @@
 // a cold start.
 #include "swapped.cuh"
 
-MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped, Narrow, f16, F16)
+MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped, narrow, Narrow, f16, F16)

@@ -3,4 +3,4 @@
 // and the modules compile in parallel at a cold start.
 #include "swapped.cuh"
 
-MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped_wide, Wide, bf16, Bf16)
+MOEFUSE_SM90_SWAPPED_ENTRIES(sm90_swapped_wide, wide, Wide, bf16, Bf16)

@@ -1,0 +1,186 @@
+// The pipeline both sm90 kernel families run: STAGES stage buffers of A and B tiles, handed from
+// the producer warpgroup to the consumers and back by a ring of mbarriers; the producer walks its
+// units and their K blocks, loading one stage each; the consumers wait for each stage, run its
+// wgmmas and free it. A family supplies the unit order, the loads and the MMA operands.
+#pragma once
+#include "config.cuh"
+
+namespace sm90 {
+
+// The block's dynamic shared memory. 1024-byte alignment: the 128-byte swizzle repeats every 1024
+// bytes (TMA and wgmma agree on the pattern only from such a base).
+DEV unsigned char* dynamic_smem() {
+  extern __shared__ __align__(1024) unsigned char smem[];
+  return smem;
+}
+
+// The A and B tiles of each stage, at the front of shared memory (dynamic_smem).
+template <int A_BYTES, int B_BYTES, int STAGES>
+struct StageTiles {
+  static constexpr int A_STAGE_BYTES = A_BYTES;
+  static constexpr int B_STAGE_BYTES = B_BYTES;
+  static constexpr int A_OFFSET = 0;
+  static constexpr int B_OFFSET = STAGES * A_STAGE_BYTES;
+  static constexpr int END = B_OFFSET + STAGES * B_STAGE_BYTES;
+  static_assert(A_BYTES % 1024 == 0 && B_BYTES % 1024 == 0, "whole swizzle atoms");
+  DEV static unsigned char* a(unsigned char* smem, u32 stage) {
+    return smem + A_OFFSET + stage * A_STAGE_BYTES;
+  }
+  DEV static unsigned char* b(unsigned char* smem, u32 stage) {
+    return smem + B_OFFSET + stage * B_STAGE_BYTES;
+  }
+};
+
+// The ring of STAGES stages between the producer and the consumers: inputs_ready[s] completes once
+// stage s's loads have landed (the producer's arrive_expect_tx and the TMA bytes, plus the arrivals
+// of any cp.async-gathering threads), stage_free[s] once every consumer warp has released it. Each
+// role walks its own copy (the stage and phase it is at).
+template <int STAGES>
+struct StageRing {
+  static constexpr int BYTES = 2 * STAGES * (int)sizeof(u64);
+  u64* inputs_ready;  // [STAGES], then stage_free [STAGES]
+  RingState<STAGES> at;
+
+  DEV explicit StageRing(unsigned char* barriers)
+      : inputs_ready(reinterpret_cast<u64*>(barriers)) {}
+  DEV u64* stage_free() const { return inputs_ready + STAGES; }
+  DEV u32 stage() const { return at.stage; }
+  DEV u64* ready_bar() const { return &inputs_ready[at.stage]; }
+  DEV void advance() { at.advance(); }
+
+  // One thread, before a CTA-wide barrier. `ready_arrivals`: arrivals completing a stage's inputs.
+  DEV void init(u32 ready_arrivals) const {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&inputs_ready[s], ready_arrivals);
+      mbar_init(&stage_free()[s], CONSUMER_WARPS);
+    }
+    mbar_init_fence();
+  }
+  // Producer: wait until the consumers have freed the current stage (on the first lap, the phase
+  // before a fresh barrier's first counts as complete).
+  DEV void wait_free() const { mbar_wait(&stage_free()[at.stage], at.phase ^ 1); }
+  // Producer, one thread: arrive on the stage's inputs, expecting `bytes` of TMA; returns the
+  // barrier the loads complete on.
+  DEV u64* expect_bytes(u32 bytes) const {
+    u64* bar = ready_bar();
+    mbar_arrive_expect_tx(bar, bytes);
+    return bar;
+  }
+  // Consumer: wait for the current stage's inputs; release it (one arrival per warp).
+  DEV void wait_ready() const { mbar_wait(ready_bar(), at.phase); }
+  DEV void release(int lane) const {
+    if (lane == 0) mbar_arrive(&stage_free()[at.stage]);
+  }
+};
+
+// The arguments both kernel families take besides their operands: the routing plan, the bias, the
+// output and the sizes, and the buffer GEMM1 of the fused path clears (zero_bytes: a multiple of
+// 16).
+template <typename Elem, typename OutT>
+struct PlanArgs {
+  const Elem* bias;
+  const int* expert_offsets;
+  int num_local_experts;
+  const int* permuted_to_expanded;
+  const float* topk_weights;
+  OutT* out;
+  int K, N, top_k;
+  Vec16* zero;
+  i64 zero_bytes;
+};
+// The entry points' run of parameters from expert_offsets to top_k, and their PlanArgs.
+// clang-format off
+#define MOEFUSE_SM90_PLAN_PARAMS(OUT)                                                    \
+  const int* expert_offsets, int num_local_experts, const int* permuted_to_expanded,     \
+  const float* topk_weights, OUT* out, int K, int N, int top_k
+#define MOEFUSE_SM90_PLAN_ARGS                                                           \
+  {bias, expert_offsets, num_local_experts, permuted_to_expanded, topk_weights, out, K, N, \
+   top_k, zero, zero_bytes}
+// clang-format on
+
+// Units blockIdx.x, blockIdx.x + gridDim.x, ... of `sched` (a persistent CTA's share).
+template <typename Sched, typename F>
+DEV void for_each_unit(const Sched& sched, F&& f) {
+  for (int u = blockIdx.x; u < sched.count(); u += gridDim.x) f(sched.unit(u));
+}
+
+// The producer: each unit's K blocks [k_begin, k_end), one stage each. begin(unit) sets up a
+// unit's loads and returns load(kb), which fills the current stage once it is free.
+template <int STAGES, typename Sched, typename Begin>
+DEV void produce(StageRing<STAGES>& ring, const Sched& sched, Begin&& begin) {
+  for_each_unit(sched, [&](const auto& unit) {
+    const auto load = begin(unit);
+    for (int kb = unit.k_begin; kb < unit.k_end; ++kb, ring.advance()) {
+      ring.wait_free();
+      load(kb);
+    }
+  });
+}
+
+// GEMM1 of the fused path clears GEMM2's output (`bytes`: a multiple of 16) with the producer
+// warpgroup's threads.
+DEV void clear_output(Vec16* __restrict__ zero, i64 bytes) {
+  const i64 count = (i64)((u64)bytes / sizeof(Vec16));
+  const Vec16 zeros = {{0u, 0u, 0u, 0u}};
+  for (i64 v = (i64)blockIdx.x * WARPGROUP_THREADS + threadIdx.x; v < count;
+       v += (i64)gridDim.x * WARPGROUP_THREADS)
+    zero[v] = zeros;
+}
+
+// The roles, once the kernel's shared state is set up: warpgroup 0 produces, then clears GEMM2's
+// output (GEMM1 of the fused path) once its loads are issued; the others consume, given their
+// warpgroup. GATHERS: the producer also copied by cp.async, whose copies it waits for last.
+template <bool GATHERS, typename Produce, typename Consume>
+DEV void run_roles(Vec16* zero, i64 zero_bytes, Produce&& produce, Consume&& consume) {
+  const int role = warpgroup();  // 0: the producer
+  if (role == 0) {
+    produce();
+    clear_output(zero, zero_bytes);
+    if (GATHERS) cp_async_wait<0>();
+  } else {
+    consume(role);
+  }
+}
+
+// Where a consumer warpgroup's operands start in a stage: A (SUBTILES blocks of WGMMA_M rows) and
+// B.
+struct Operands {
+  const unsigned char* a;
+  const unsigned char* b;
+};
+
+// The consumers' main loop over one unit's K blocks [k_begin, k_end): wait for the stage's inputs,
+// issue its BK / WGMMA_K steps of m64nNk16 MMAs, each on SUBTILES blocks of A (operands(stage)),
+// commit, run after_issue(kb) while they execute, wait for them and free the stage.
+// A_GENERIC: A was written through the generic proxy (cp.async), which the async proxy must see.
+template <int N, typename Elem, bool A_GENERIC, int STAGES, int SUBTILES, int ACC,
+          typename OperandsFn, typename AfterIssue>
+DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_begin, int k_end,
+                 int lane, OperandsFn&& operands, AfterIssue&& after_issue) {
+  static_assert(N / 2 <= ACC, "an m64nNk16 accumulates N / 2 registers per thread");
+  for (int kb = k_begin; kb < k_end; ++kb, ring.advance()) {
+    ring.wait_ready();
+    if (A_GENERIC) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
+    const Operands at = operands(ring.stage());
+    u64 a[SUBTILES];
+#pragma unroll
+    for (int sub = 0; sub < SUBTILES; ++sub)
+      a[sub] = smem_desc_sw128(at.a + sub * WGMMA_M * BK * ELEM_BYTES);
+    const u64 b = smem_desc_sw128(at.b);
+    wgmma_fence();
+#pragma unroll
+    for (int k16 = 0; k16 < BK / WGMMA_K; ++k16) {
+#pragma unroll
+      for (int sub = 0; sub < SUBTILES; ++sub)
+        wgmma_m64nNk16<N>(acc[sub], smem_desc_advance_k16(a[sub], k16),
+                          smem_desc_advance_k16(b, k16), kb > k_begin || k16 > 0, (Elem*)nullptr);
+    }
+    wgmma_commit();
+    after_issue(kb);
+    wgmma_wait<0>();  // keeping a batch in flight (wait<1>, the stage freed a batch later)
+                      // measured no faster (docs/PERF.md)
+    ring.release(lane);
+  }
+}
+
+}  // namespace sm90
