@@ -7,15 +7,18 @@
 //   bitwise reproducible.
 // Rows move as 16-byte vectors (H % 8 == 0 for 16-bit elements).
 #include "common/ptx.cuh"
+#include "common/spec.cuh"
 
 constexpr int GATHER_WARPS = 8;
 constexpr int FINALIZE_THREADS = 128;
 
 // One warp per token, grid-strided; each lane holds IN_FLIGHT vectors of the row at a time and
 // stores them into each of the token's permuted rows.
-extern "C" __global__ void __launch_bounds__(GATHER_WARPS * 32)
-    gather_rows(const Vec16* __restrict__ x, const int* __restrict__ expanded_to_permuted,
-                int num_tokens, int top_k, int row_vectors, Vec16* __restrict__ x_perm) {
+MOEFUSE_KERNEL(gather_rows, GATHER_WARPS * 32, 1, "op=gather_rows",
+               (const Vec16* __restrict__ x, const int* __restrict__ expanded_to_permuted,
+                int num_tokens, int top_k, int row_bytes, Vec16* __restrict__ x_perm),
+               {"tokens_per_block", GATHER_WARPS}) {
+  const int row_vectors = row_bytes / (int)sizeof(Vec16);
   constexpr int IN_FLIGHT = 4;
   const int lane = threadIdx.x % 32;
   for (int t = blockIdx.x * GATHER_WARPS + threadIdx.x / 32; t < num_tokens;
@@ -74,14 +77,14 @@ DEV void finalize(const Elem* __restrict__ y, const int* __restrict__ expanded_t
   }
 }
 
-#define MOEFUSE_FINALIZE_ENTRY(NAME, ELEM, OUT)                                              \
-  extern "C" __global__ void __launch_bounds__(FINALIZE_THREADS)                             \
-      NAME(const ELEM* y, const int* expanded_to_permuted, const float* topk_weights, int k, \
-           int hidden, OUT* out) {                                                           \
-    finalize<ELEM, OUT>(y, expanded_to_permuted, topk_weights, k, hidden, out);              \
+#define MOEFUSE_FINALIZE_ENTRY(NAME, ELEM, OUT, ELEM_TAG, OUT_TAG)                           \
+  MOEFUSE_KERNEL(NAME, FINALIZE_THREADS, 1, "op=finalize elem=" #ELEM_TAG " out=" #OUT_TAG,  \
+                 (const ELEM* y, const int* expanded_to_permuted, const float* topk_weights, \
+                  int top_k, int hidden, OUT* out)) {                                        \
+    finalize<ELEM, OUT>(y, expanded_to_permuted, topk_weights, top_k, hidden, out);          \
   }
 
-MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_bf16, Bf16, Bf16)
-MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_f32, Bf16, float)
-MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f16, F16, F16)
-MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f32, F16, float)
+MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_bf16, Bf16, Bf16, bf16, bf16)
+MOEFUSE_FINALIZE_ENTRY(finalize_bf16_out_f32, Bf16, float, bf16, f32)
+MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f16, F16, F16, f16, f16)
+MOEFUSE_FINALIZE_ENTRY(finalize_f16_out_f32, F16, float, f16, f32)

@@ -12,9 +12,10 @@
 //   4. plan_scatter:       permuted row of i = expert_offsets[e] + chunk_count[e][chunk] + rank[i].
 // Smaller plans take one launch instead of four: plan_small (at most PLAN_CHUNK entries) or
 // plan_one_block (at most PLAN_BLOCK_PASSES * PLAN_BLOCK_THREADS entries, PLAN_BLOCK_EXPERTS local
-// experts). moefuse/kernels.py picks one by the crossovers measured in docs/PERF.md.
+// experts). moefuse/kernels.py picks one by the crossovers measured (docs/DESIGN.md D9).
 // The order inside an expert's segment is ascending expanded index, so the plan is deterministic.
 #include "common/ptx.cuh"
+#include "common/spec.cuh"
 
 constexpr int PLAN_CHUNK = 512;  // entries per plan_rank / plan_scatter block
 constexpr int SCAN_THREADS = 1024;
@@ -22,6 +23,7 @@ constexpr int PLAN_BLOCK_THREADS = 1024;  // at most; a multiple of 32 (fewer fo
 constexpr int PLAN_BLOCK_PASSES = 4;      // entries per thread, at most
 constexpr int PLAN_BLOCK_EXPERTS = 256;
 constexpr int TOPK_WARPS = 8;
+constexpr int ANY_NUMBER = 0x7fffffff;  // a published limit that does not apply
 
 DEV int warp_inclusive_scan(int v) {
   const int lane = threadIdx.x % 32;
@@ -108,20 +110,21 @@ DEV void plan_rank(const IdT* __restrict__ topk_ids, int n_expanded, int first_e
   if (last) chunk_count[(i64)e * num_chunks + blockIdx.x] = rank[i] + 1;
 }
 
-#define MOEFUSE_PLAN_RANK_ENTRY(NAME, IDT)                                                       \
-  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                       \
-      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int num_chunks, \
-           int* rank, int* chunk_count, int* tile_expert, int max_tiles,                         \
-           int* permuted_to_expanded, int capacity) {                                            \
-    plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count,      \
-              tile_expert, max_tiles, permuted_to_expanded, capacity);                           \
+#define MOEFUSE_PLAN_RANK_ENTRY(NAME, IDS)                                                      \
+  MOEFUSE_KERNEL(NAME, PLAN_CHUNK, 1, "op=plan_rank ids=" #IDS,                                 \
+                 (const IDS* topk_ids, int n_expanded, int first_expert, int num_local,         \
+                  int num_chunks, int* rank, int* chunk_count, int* tile_expert, int max_tiles, \
+                  int* permuted_to_expanded, int capacity),                                     \
+                 {"entries_per_block", PLAN_CHUNK}) {                                           \
+    plan_rank(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count,     \
+              tile_expert, max_tiles, permuted_to_expanded, capacity);                          \
   }
-MOEFUSE_PLAN_RANK_ENTRY(plan_rank_i32, int)
+MOEFUSE_PLAN_RANK_ENTRY(plan_rank_i32, i32)
 MOEFUSE_PLAN_RANK_ENTRY(plan_rank_i64, i64)
 
 // One block per expert: chunk_count[e][:] becomes its exclusive prefix; expert_counts[e] the total.
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
-    plan_scan_chunks(int* chunk_count, int num_chunks, int* expert_counts) {
+MOEFUSE_KERNEL(plan_scan_chunks, SCAN_THREADS, 1, "op=plan_scan_chunks",
+               (int* chunk_count, int num_chunks, int* expert_counts)) {
   __shared__ int scratch[33];
   int* row = chunk_count + (i64)blockIdx.x * num_chunks;
   int carry = 0;
@@ -155,9 +158,9 @@ DEV void write_expert_offsets(const int* expert_counts, int num_local, int tile_
   if (threadIdx.x == 0) expert_offsets[num_local] = carry * tile_m;
 }
 
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
-    plan_expert_offsets(const int* expert_counts, int num_local, int tile_m, int* expert_offsets,
-                        int* tile_expert) {
+MOEFUSE_KERNEL(plan_expert_offsets, SCAN_THREADS, 1, "op=plan_expert_offsets",
+               (const int* expert_counts, int num_local, int tile_m, int* expert_offsets,
+                int* tile_expert)) {
   __shared__ int scratch[33];
   write_expert_offsets(expert_counts, num_local, tile_m, expert_offsets, tile_expert, scratch);
 }
@@ -191,17 +194,21 @@ DEV void plan_small(const IdT* __restrict__ topk_ids, int n_expanded, int first_
   place_entry(i, e, rank, expert_offsets, permuted_to_expanded, expanded_to_permuted);
 }
 
-// The one-launch plans' entry points: NAME runs FN in one block of at most THREADS threads.
-#define MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(NAME, FN, THREADS, IDT)                                \
-  extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m, \
-           int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,         \
-           int* permuted_to_expanded, int capacity, int* expanded_to_permuted) {             \
+// The one-launch plans' entry points: NAME runs FN in one block of at most THREADS threads, for
+// at most MAX_ENTRIES entries and MAX_EXPERTS local experts.
+#define MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(NAME, FN, THREADS, MAX_ENTRIES, MAX_EXPERTS, IDS)      \
+  MOEFUSE_KERNEL(                                                                            \
+      NAME, THREADS, 1, "op=" #FN " ids=" #IDS,                                              \
+      (const IDS* topk_ids, int n_expanded, int first_expert, int num_local, int tile_m,     \
+       int* expert_counts, int* expert_offsets, int* tile_expert, int max_tiles,             \
+       int* permuted_to_expanded, int capacity, int* expanded_to_permuted),                  \
+      {"max_entries", MAX_ENTRIES}, {"max_experts", MAX_EXPERTS}) {                          \
     FN(topk_ids, n_expanded, first_expert, num_local, tile_m, expert_counts, expert_offsets, \
        tile_expert, max_tiles, permuted_to_expanded, capacity, expanded_to_permuted);        \
   }
-MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i32, plan_small, PLAN_CHUNK, int)
-MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i64, plan_small, PLAN_CHUNK, i64)
+// plan_small counts each expert by a scan over all entries: any number of local experts.
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i32, plan_small, PLAN_CHUNK, PLAN_CHUNK, ANY_NUMBER, i32)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_small_i64, plan_small, PLAN_CHUNK, PLAN_CHUNK, ANY_NUMBER, i64)
 
 // The whole plan in one block of blockDim.x threads (n_expanded <= PLAN_BLOCK_PASSES * blockDim.x).
 // Entries are taken blockDim.x at a time in index order; an entry's rank in its expert is the
@@ -262,8 +269,10 @@ DEV void plan_one_block(const IdT* __restrict__ topk_ids, int n_expanded, int fi
   }
 }
 
-MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i32, plan_one_block, PLAN_BLOCK_THREADS, int)
-MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i64, plan_one_block, PLAN_BLOCK_THREADS, i64)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i32, plan_one_block, PLAN_BLOCK_THREADS,
+                              PLAN_BLOCK_PASSES* PLAN_BLOCK_THREADS, PLAN_BLOCK_EXPERTS, i32)
+MOEFUSE_PLAN_ONE_LAUNCH_ENTRY(plan_one_block_i64, plan_one_block, PLAN_BLOCK_THREADS,
+                              PLAN_BLOCK_PASSES* PLAN_BLOCK_THREADS, PLAN_BLOCK_EXPERTS, i64)
 
 template <typename IdT>
 DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int first_expert,
@@ -278,23 +287,26 @@ DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int firs
   place_entry(i, e, row, expert_offsets, permuted_to_expanded, expanded_to_permuted);
 }
 
-#define MOEFUSE_PLAN_SCATTER_ENTRY(NAME, IDT)                                                    \
-  extern "C" __global__ void __launch_bounds__(PLAN_CHUNK)                                       \
-      NAME(const IDT* topk_ids, int n_expanded, int first_expert, int num_local, int num_chunks, \
-           const int* rank, const int* chunk_prefix, const int* expert_offsets,                  \
-           int* permuted_to_expanded, int* expanded_to_permuted) {                               \
-    plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_prefix,  \
-                 expert_offsets, permuted_to_expanded, expanded_to_permuted);                    \
+#define MOEFUSE_PLAN_SCATTER_ENTRY(NAME, IDS)                                                  \
+  MOEFUSE_KERNEL(                                                                              \
+      NAME, PLAN_CHUNK, 1, "op=plan_scatter ids=" #IDS,                                        \
+      (const IDS* topk_ids, int n_expanded, int first_expert, int num_local, int num_chunks,   \
+       const int* rank, const int* chunk_count, const int* expert_offsets,                     \
+       int* permuted_to_expanded, int* expanded_to_permuted),                                  \
+      {"entries_per_block", PLAN_CHUNK}) {                                                     \
+    plan_scatter(topk_ids, n_expanded, first_expert, num_local, num_chunks, rank, chunk_count, \
+                 expert_offsets, permuted_to_expanded, expanded_to_permuted);                  \
   }
-MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i32, int)
+MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i32, i32)
 MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i64, i64)
 
 // One warp per token: softmax over E logits, then the k largest (ties to the lower expert id),
 // found one at a time as the largest key strictly below the previous pick. O(k * E / 32) per warp.
 // NaN logits give an unspecified choice.
-extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
-    topk_softmax(const float* __restrict__ logits, int num_tokens, int num_experts, int k,
-                 int renormalize, float* __restrict__ topk_weights, int* __restrict__ topk_ids) {
+MOEFUSE_KERNEL(topk_softmax, TOPK_WARPS * 32, 1, "op=topk_softmax",
+               (const float* __restrict__ logits, int num_tokens, int num_experts, int k,
+                int renormalize, float* __restrict__ topk_weights, int* __restrict__ topk_ids),
+               {"tokens_per_block", TOPK_WARPS}) {
   const int lane = threadIdx.x % 32;
   const int t = blockIdx.x * TOPK_WARPS + threadIdx.x / 32;
   if (t >= num_tokens) return;

@@ -11,6 +11,7 @@ from ._device import NoGPUError, gpu_name
 from ._nvrtc import CompileError
 from .layer import MoELayer
 from .ops import fused_moe, grouped_gemm, plan, route
+from .overrides import override
 from .plan import RoutingPlan, plan_capacity
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "fused_moe",
     "gpu_name",
     "grouped_gemm",
+    "override",
     "plan",
     "plan_capacity",
     "route",

@@ -8,6 +8,7 @@ processes never load a half-written cubin.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import sys
@@ -17,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import _nvrtc, _sources
+from . import _nvrtc, _sources, _spec
 
 CACHE_ENV = "MOEFUSE_CACHE_DIR"
 
@@ -30,7 +31,7 @@ def cache_dir() -> Path:
 def cache_key(module: str, arch: str, root: Path) -> str:
     parts = [
         module,
-        _sources.MODULES[module],
+        _sources.source_file(module),
         _sources.source_digest(root),
         arch,
         _nvrtc.nvrtc_version(),
@@ -69,7 +70,7 @@ def compile_module(
     path = cubin_path(module, arch, root, directory or cache_dir())
     if path.is_file() and not force:
         return path, None
-    result = _nvrtc.compile_cubin(root / _sources.MODULES[module], arch, include_dir=root)
+    result = _nvrtc.compile_cubin(root / _sources.source_file(module), arch, include_dir=root)
     publish(path, result.cubin)
     return path, result
 
@@ -88,44 +89,53 @@ def compile_missing(arch: str) -> None:
         flush=True,
     )
     start = time.perf_counter()
+    contexts = [contextvars.copy_context() for _ in missing]  # the overrides' sources, per thread
     with ThreadPoolExecutor(max_workers=len(missing)) as pool:
-        list(pool.map(lambda module: compile_module(module, arch), missing))
+        list(pool.map(lambda ctx, module: ctx.run(compile_module, module, arch), contexts, missing))
     print(f"moefuse: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-_loaded: dict[tuple[int, str], object] = {}
-_functions: dict[tuple[int, str, str], object] = {}
+_loaded: dict[tuple, object] = {}
+_functions: dict[tuple, object] = {}
+_specs: dict[tuple, dict[str, _spec.KernelSpec]] = {}
 _lock = threading.Lock()
 
 
-def load_module(module: str, device_id: int, arch: str):
-    """The module as a `cupy.RawModule` on `device_id`, loaded once per process and device."""
+def _cubin(module: str, arch: str) -> Path:
+    """The module's cubin for `arch` in the cache, compiling every missing module first."""
+    root = _sources.source_root()
+    if not cubin_path(module, arch, root, cache_dir()).is_file():
+        compile_missing(arch)
+    return compile_module(module, arch)[0]
+
+
+def module_specs(module: str, arch: str) -> dict[str, _spec.KernelSpec]:
+    """The launch contracts the module's cubin publishes, read once per source and arch."""
+    key = (module, _sources.source_file(module), arch)
+    specs = _specs.get(key)
+    if specs is None:
+        with _lock:
+            specs = _specs[key] = _spec.read_specs(_cubin(module, arch).read_bytes(), module)
+    return specs
+
+
+def catalog(arch: str) -> tuple[_spec.KernelSpec, ...]:
+    """Every kernel of every module built for `arch`."""
+    modules = _sources.modules_for(arch)
+    return tuple(spec for module in modules for spec in module_specs(module, arch).values())
+
+
+def load_function(spec: _spec.KernelSpec, device_id: int, arch: str):
+    """The kernel on `device_id`, its module loaded once per process, device and source."""
     import cupy
 
-    with _lock:
-        key = (device_id, module)
-        if key not in _loaded:
-            if not cubin_path(module, arch, _sources.source_root(), cache_dir()).is_file():
-                compile_missing(arch)
-            path, _ = compile_module(module, arch)
-            with cupy.cuda.Device(device_id):
-                _loaded[key] = cupy.RawModule(path=str(path))
-        return _loaded[key]
-
-
-def load_function(module: str, name: str, device_id: int, arch: str):
-    """Kernel `name` of the module on `device_id`, looked up once (every forward launches a few)."""
-    key = (device_id, module, name)
+    key = (device_id, spec.module, _sources.source_file(spec.module), spec.name)
     fn = _functions.get(key)
     if fn is None:
-        fn = _functions[key] = load_module(module, device_id, arch).get_function(name)
+        with _lock:
+            module = _loaded.get(key[:3])
+            if module is None:
+                with cupy.cuda.Device(device_id):
+                    module = _loaded[key[:3]] = cupy.RawModule(path=str(_cubin(spec.module, arch)))
+        fn = _functions[key] = module.get_function(spec.name)
     return fn
-
-
-def forget(module: str) -> None:
-    """Drop the module's loaded copies and kernels, so the next use loads it again (tools that
-    swap a variant source in)."""
-    with _lock:
-        for memo in (_loaded, _functions):
-            for key in [k for k in memo if k[1] == module]:
-                del memo[key]

@@ -29,6 +29,14 @@ MODULE_ARCHS: dict[str, tuple[str, ...]] = {
 }
 
 
+def source_file(module: str) -> str:
+    """The module's source under the source root: its own, or a variant `moefuse.override`
+    names (tools that time a kernel variant)."""
+    from .overrides import current
+
+    return current().source(module) or MODULES[module]
+
+
 def modules_for(arch: str) -> list[str]:
     """The modules that compile for `arch`."""
     return [m for m in MODULES if arch in MODULE_ARCHS.get(m, (arch,))]

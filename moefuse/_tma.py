@@ -7,8 +7,6 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-BOX_COLS = 64  # one 128-byte row of 16-bit elements: the kernels' K block and swizzle span
-
 
 @cache
 def _driver():
@@ -53,25 +51,24 @@ def _is_bf16(array) -> bool:
     return np.dtype(array.dtype) == BFLOAT16
 
 
-def tile_desc(matrix, box_rows: int) -> np.void:
+def tile_desc(matrix, box_rows: int, box_cols: int) -> np.void:
     """Descriptor of a row-major 16-bit matrix (any leading dims flattened into rows), loaded in
-    boxes of `box_rows` rows x 64 columns with the 128-byte swizzle."""
+    boxes of `box_rows` rows x `box_cols` columns (the kernel's K block: one 128-byte swizzled
+    row)."""
     cols = matrix.shape[-1]
     rows = matrix.size // cols
-    return _encode(matrix.data.ptr, (cols, rows), (cols * 2,), (BOX_COLS, box_rows), _is_bf16(matrix))
+    return _encode(matrix.data.ptr, (cols, rows), (cols * 2,), (box_cols, box_rows), _is_bf16(matrix))
 
 
-GATE_UP_GROUP = 8  # features per group of gate rows, then up rows, in a swapped GEMM1 tile
-
-
-def gate_up_groups_desc(w1, groups: int) -> np.void:
-    """Descriptor of w1 [E, 2I, H] (gate rows [0, I), up rows [I, 2I)) seen as (H, 8, 2, I/8, E):
-    a box of 64 columns x `groups` groups holds, group after group, the 8 gate rows of 8
-    consecutive features then their 8 up rows (cuda_src/sm90/swapped.cuh, GEMM1's A tile)."""
+def gate_up_groups_desc(w1, groups: int, group: int, box_cols: int) -> np.void:
+    """Descriptor of w1 [E, 2I, H] (gate rows [0, I), up rows [I, 2I)) seen as
+    (H, group, 2, I / group, E): a box of `box_cols` columns x `groups` groups holds, group after
+    group, the gate rows of `group` consecutive features then their up rows (the swapped GEMM1's
+    A tile, cuda_src/sm90/swapped.cuh)."""
     experts, two_inter, hidden = w1.shape
     inter = two_inter // 2
     row = hidden * 2
-    dims = (hidden, GATE_UP_GROUP, 2, inter // GATE_UP_GROUP, experts)
-    strides = (row, inter * row, GATE_UP_GROUP * row, two_inter * row)
-    box = (BOX_COLS, GATE_UP_GROUP, 2, groups, 1)
+    dims = (hidden, group, 2, inter // group, experts)
+    strides = (row, inter * row, group * row, two_inter * row)
+    box = (box_cols, group, 2, groups, 1)
     return _encode(w1.data.ptr, dims, strides, box, _is_bf16(w1))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import ACTIVATION_DTYPES, BFLOAT16, FLOAT16, FLOAT32
-from .heuristics import LARGE_TILE_M, SMALL_TILE_M
 
 ACTIVATIONS = ("swiglu",)
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -79,12 +78,10 @@ def check_expert_range(num_experts, first_expert, num_local_experts) -> int:
     return int(num_local_experts)
 
 
-TILE_M_CHOICES = (SMALL_TILE_M, LARGE_TILE_M)
-
-
-def check_tile_m(tile_m) -> None:
-    if tile_m is not None and tile_m not in TILE_M_CHOICES:
-        raise ValueError(f"tile_m must be one of {TILE_M_CHOICES} or None, got {tile_m}")
+def check_tile_m(tile_m, choices: tuple[int, ...]) -> None:
+    """`choices`: the M tiles of the GEMM backend's kernels."""
+    if tile_m is not None and tile_m not in choices:
+        raise ValueError(f"tile_m must be one of {choices} or None, got {tile_m}")
 
 
 @dataclass(frozen=True)

@@ -1,312 +1,252 @@
-"""The grouped-GEMM backends, one per kernel family, behind one interface.
+"""The grouped-GEMM backends and the forward configuration they choose.
 
 `Sm80` runs the portable mma.sync kernels (any GPU of compute capability 8.0+); `Sm90` the
-Hopper wgmma + TMA kernels (compute capability 9.0). `for_device` picks the best the GPU has;
-`MOEFUSE_BACKEND=sm80|sm90` forces one (tests use it to run both on a Hopper GPU).
+Hopper wgmma + TMA kernels (compute capability 9.0), in two families: row-major tiles, and
+swapped operands (weights on the MMA's M side) in a narrow and a wide tile geometry.
+
+A backend's `configure` makes every kernel choice of one call kind at once (heuristics, then
+`moefuse.override`): the plan's M tile, whether GEMM1 reads x in permuted order, and each GEMM's
+launches (kernel, grid, splits, guards). The layer keeps that `ForwardConfig` with the call
+kind's workspace, and every launch of the forward follows it: nothing is chosen twice. Kernels
+are found by their published tags and sized by their published numbers (moefuse/_spec.py).
+`for_device` picks the best backend the GPU has; `MOEFUSE_BACKEND=sm80|sm90` forces one.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
-from typing import ClassVar
+from dataclasses import dataclass
 
-import numpy as np
-
-from . import _device, _tma, heuristics
-from .kernels import cdiv, dtype_tag, function, i32, launch, pointer
+from . import _device, _tma, heuristics, kernels, overrides
+from .kernels import Launch, cdiv, kernel
+from .plan import plan_capacity
 
 BACKEND_ENV = "MOEFUSE_BACKEND"
 
 
-class Sm80:
-    """cuda_src/sm80/grouped_gemm.cu: grid (max_tiles, n_tiles) of 256 threads; GEMM1 gathers x
-    rows itself."""
+@dataclass(frozen=True)
+class CallKind:
+    """What a forward's kernel choice depends on."""
 
-    name = "sm80"
-    CLEARS_OUT_IN_GEMM1 = False  # the fused path's output needs a memset
-    TILE_M = (64, 128)
-    THREADS = 256
-    BN = 128
-    BK = 32
-    STAGES = 4
-    SMEM_ROW = BK + 8
+    num_tokens: int
+    top_k: int
+    num_local_experts: int
+    hidden: int  # H: GEMM1's K, GEMM2's N
+    inter: int  # I: GEMM1's N, GEMM2's K
+    elem: str  # bf16 or f16
+    out: str  # the fused output's element type: elem or f32
+    fused: bool  # GEMM2 reduces into the output (else it stores rows for the finalize)
 
-    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
-        return heuristics.choose_tile_m(num_tokens, top_k, num_local_experts)
 
-    def permutes_x(self, num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
-        """Whether GEMM1 reads x in permuted order (x_perm, kernels.gather_rows) instead of x."""
-        return False
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Every kernel choice of one call kind."""
 
-    def smem_bytes(self, tile_m: int) -> int:
-        return self.STAGES * (tile_m + self.BN) * self.SMEM_ROW * 2
+    backend: str
+    fused: bool  # GEMM2 reduces into the output
+    tile_m: int  # the plan's padding unit (and the row-major kernels' M tile)
+    permutes_x: bool  # GEMM1 reads x in permuted order, which a gather pass writes first
+    clears_out: bool  # GEMM1 zeroes the fused output (else a memset does)
+    gemm1: tuple[Launch, ...]
+    gemm2: tuple[Launch, ...]
 
-    def _launch(self, name: str, plan, n_tiles: int, args: tuple) -> None:
-        fn = function("sm80_grouped_gemm", name)
-        launch(fn, (plan.max_tiles, n_tiles), (self.THREADS,), args, self.smem_bytes(plan.tile_m))
 
-    def _args(self, a, w, bias, plan, topk_weights, out, depth: int, n: int) -> tuple:
-        return (
-            a,
-            w,
-            pointer(bias),
-            plan.tile_expert,
-            plan.permuted_to_expanded,
-            pointer(topk_weights),
-            out,
-            i32(depth),
-            i32(n),
-            i32(plan.top_k),
+@dataclass(frozen=True)
+class GemmArrays:
+    """One GEMM's arrays in one call."""
+
+    a: object  # x (gathered by the kernel), x_perm or h
+    w: object
+    bias: object
+    plan: object
+    out: object
+    topk_weights: object = None
+    zero: object = None  # cleared by GEMM1 on the way
+
+
+class _Backend:
+    """What both backends share: the M tiles of their row-major kernels, and the plan's tile_m."""
+
+    name = family = ""
+
+    def tile_ms(self, elem: str) -> tuple[int, int]:
+        """(small, large) M tiles of the backend's row-major kernels."""
+        found = sorted(
+            {s["tile_m"] for s in kernels.catalog() if s.matches({"family": self.family, "elem": elem})}
         )
+        return found[0], found[-1]
 
-    def gemm1_swiglu(self, x, w1, b1, plan, h) -> None:
-        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]); the kernel gathers x's rows itself."""
-        inter, hidden = w1.shape[1] // 2, w1.shape[2]
-        name = f"gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}"
-        self._launch(
-            name, plan, cdiv(inter, self.BN // 2), self._args(x, w1, b1, plan, None, h, hidden, inter)
-        )
-
-    def gemm2_store(self, a, w2, b2, plan, y) -> None:
-        n, depth = w2.shape[1], w2.shape[2]
-        name = f"gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}"
-        self._launch(name, plan, cdiv(n, self.BN), self._args(a, w2, b2, plan, None, y, depth, n))
-
-    def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
-        n, depth = w2.shape[1], w2.shape[2]
-        name = f"gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_out_{dtype_tag(out.dtype)}"
-        self._launch(name, plan, cdiv(n, self.BN), self._args(a, w2, b2, plan, topk_weights, out, depth, n))
+    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int, elem: str) -> int:
+        tile_ms, forced = self.tile_ms(elem), overrides.current().tile_m
+        if forced is None:
+            return self.choose_tile_m(num_tokens, top_k, num_local_experts, tile_ms)
+        if forced not in tile_ms:
+            raise ValueError(f"tile_m must be one of {tile_ms} or None, got {forced}")
+        return forced
 
 
-def _epilogue_args(plan, topk_weights, out, depth: int, n: int) -> tuple:
-    """The Hopper kernels' shared parameters from permuted_to_expanded to top_k."""
-    return plan.permuted_to_expanded, pointer(topk_weights), out, i32(depth), i32(n), i32(plan.top_k)
+def _fixed(kind: CallKind, k: int, n: int, **more) -> dict:
+    """The Hopper kernels' arguments that a configuration fixes."""
+    return dict(num_local_experts=kind.num_local_experts, K=k, N=n, top_k=kind.top_k, **more)
 
 
-def _zero_args(zero) -> tuple:
-    """The output GEMM1 clears on the fused path (and its 16-byte vectors), or (NULL, 0)."""
-    return pointer(zero), np.int64(0 if zero is None else zero.nbytes // 16)
+def _gemm2_op(kind: CallKind) -> tuple[str, str]:
+    return ("gemm2_scatter", kind.out) if kind.fused else ("gemm2_store", kind.elem)
 
 
-class Sm90:
-    """cuda_src/sm90/grouped_gemm.cuh (modules grouped_gemm_m128.cu, grouped_gemm_m64.cu) and
-    swapped.cuh (modules swapped_bf16.cu, swapped_f16.cu): a persistent grid of at most one
-    384-thread CTA per SM. Row-major: B (and GEMM2's A) arrive by TMA, GEMM1 gathers x's rows with
-    cp.async. Swapped (narrow or wide tiles, modules swapped_{bf16,f16}.cu and
-    swapped_wide_{bf16,f16}.cu): both operands arrive by TMA, GEMM1's token rows from x_perm."""
+class Sm80(_Backend):
+    """cuda_src/sm80/grouped_gemm.cu: a grid of (M tiles, N tiles); GEMM1 gathers x rows itself."""
 
-    name = "sm90"
-    CLEARS_OUT_IN_GEMM1 = True  # GEMM1's spare producer warps clear the fused path's output
-    TILE_M = (64, 128)
-    THREADS = 384
-    BK = 64
-    # (BM, BN) -> STAGES, as in the kernel entries
-    STAGES: ClassVar[dict[tuple[int, int], int]] = {
-        (128, 256): 4,
-        (128, 128): 6,
-        (128, 64): 8,
-        (64, 256): 5,
-        (64, 128): 8,
-    }
-    STAGING_BYTES = 2 * 64 * (128 + 16)  # Layout::STAGING_*: two warpgroups' 64 padded rows
+    name = family = "sm80"
+    choose_tile_m = staticmethod(heuristics.choose_tile_m)
 
-    # cuda_src/sm90/swapped.cuh: TOKEN_BOX, STAGING_BYTES (the tiles: heuristics.SwappedTiles)
-    SWAPPED_TOKEN_BOX = 32
-    SWAPPED_STAGING_BYTES = 128 * (32 * 2 + 16)
+    def _launch(self, kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int) -> Launch:
+        spec = kernel(family="sm80", op=op, elem=kind.elem, out=out, tile_m=tile_m)
+        max_tiles = plan_capacity(kind.num_tokens, kind.top_k, kind.num_local_experts, tile_m).tiles
+        return Launch(spec, (max_tiles, cdiv(n, spec["out_cols"])), {"K": k, "N": n, "top_k": kind.top_k})
 
-    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
-        return heuristics.choose_sm90_tile_m(num_tokens, top_k, num_local_experts)
+    def configure(self, kind: CallKind, tile_m: int | None = None) -> ForwardConfig:
+        tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts, kind.elem)
+        op2, out2 = _gemm2_op(kind)
+        gemm1 = self._launch(kind, tile_m, "gemm1_swiglu", kind.elem, kind.hidden, kind.inter)
+        gemm2 = self._launch(kind, tile_m, op2, out2, kind.inter, kind.hidden)
+        return ForwardConfig(self.name, kind.fused, tile_m, False, False, (gemm1,), (gemm2,))
 
     @staticmethod
-    def uses_swapped(num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
-        """Whether the GEMMs of a layer with intermediate size `inter` run the swapped kernels
-        (which hold per-expert tables in shared memory: at most SWAPPED_MAX_EXPERTS local
-        experts)."""
-        return num_local_experts <= heuristics.SWAPPED_MAX_EXPERTS and heuristics.choose_sm90_swapped(
-            num_tokens, top_k, num_local_experts, inter
-        )
+    def arrays(spec, g: GemmArrays, tma=_tma) -> dict:
+        """The array arguments of a launch of `spec` (the configuration fixes the rest)."""
+        args = dict(a=g.a, w=g.w, bias=g.bias, topk_weights=g.topk_weights, out=g.out)
+        return dict(args, tile_expert=g.plan.tile_expert, permuted_to_expanded=g.plan.permuted_to_expanded)
 
-    def swapped(self, plan, inter: int) -> bool:
-        return self.uses_swapped(plan.num_tokens, plan.top_k, plan.num_local_experts, inter)
 
-    def permutes_x(self, num_tokens: int, top_k: int, num_local_experts: int, inter: int) -> bool:
-        """The swapped GEMM1 loads its token rows by TMA from x in permuted order."""
-        return self.uses_swapped(num_tokens, top_k, num_local_experts, inter)
+class Sm90(_Backend):
+    """cuda_src/sm90/: a persistent grid of at most one CTA per SM. Row-major: B (and GEMM2's A)
+    arrive by TMA, GEMM1 gathers x's rows with cp.async. Swapped: both operands arrive by TMA,
+    GEMM1's token rows from x_perm."""
 
-    def tile_widths(self, tile_m: int) -> tuple[int, ...]:
-        """The BN of the kernels with `tile_m`-row tiles, widest first."""
-        return tuple(sorted((bn for bm, bn in self.STAGES if bm == tile_m), reverse=True))
-
-    def smem_bytes(self, tile_m: int, bn: int) -> int:
-        stages = self.STAGES[(tile_m, bn)]
-        return stages * (tile_m + bn) * self.BK * 2 + self.STAGING_BYTES + 2 * stages * 8
-
-    def _launch(
-        self,
-        name: str,
-        bn: int,
-        k_splits: int,
-        swiglu: bool,
-        a_arg,
-        w,
-        bias,
-        plan,
-        topk_weights,
-        out,
-        depth: int,
-        n: int,
-        zero=None,
-    ) -> None:
-        """`a_arg`: x itself (GEMM1 gathers its rows) or A's TMA descriptor (GEMM2). GEMM1
-        (swiglu) loads, per tile, BN/2 gate and BN/2 up rows of w for BN/2 outputs, as one box
-        of each per warpgroup slice (Split in the kernel: one slice at BM = 128, two at 64)."""
-        fn = function(f"sm90_grouped_gemm_m{plan.tile_m}", name)
-        out_cols = bn // 2 if swiglu else bn
-        box_rows = out_cols // (128 // plan.tile_m) if swiglu else out_cols
-        units = plan.max_tiles * cdiv(n, out_cols) * k_splits
-        grid = min(units, _device.multiprocessor_count(_device.require_gpu()))
-        args = (
-            a_arg,
-            _tma.tile_desc(w, box_rows),
-            pointer(bias),
-            plan.tile_expert,
-            plan.expert_offsets,
-            i32(plan.num_local_experts),
-            *_epilogue_args(plan, topk_weights, out, depth, n),
-            i32(k_splits),
-            *_zero_args(zero),
-        )
-        launch(fn, (grid,), (self.THREADS,), args, self.smem_bytes(plan.tile_m, bn))
+    name, family = "sm90", "rows"
+    choose_tile_m = staticmethod(heuristics.choose_sm90_tile_m)
 
     @staticmethod
-    def swapped_tiles(plan) -> heuristics.SwappedTiles:
-        return heuristics.choose_sm90_swapped_tiles(plan.num_tokens, plan.top_k, plan.num_local_experts)
-
-    def swapped_smem_bytes(self, tiles: heuristics.SwappedTiles) -> int:
-        """swapped::Layout<Tiles>::BYTES: the stages, two warpgroups' staging and chunk rows, the
-        expert tables, the barriers."""
-        rows, experts = tiles.max_rows, heuristics.SWAPPED_MAX_EXPERTS
-        stages = tiles.stages * (tiles.weight_rows + rows) * self.BK * 2
-        tables = -(-3 * (experts + 1) * 4 // 8) * 8
-        return stages + 2 * self.SWAPPED_STAGING_BYTES + 2 * rows * 8 + tables + 2 * tiles.stages * 8
-
-    def _swapped_launches(self, plan) -> list[tuple[heuristics.SwappedTiles, int]]:
-        """(tiles, busiest-expert guard) of each swapped kernel to launch: one unguarded (0), or,
-        where the wide tiles hold for balanced routing only, the wide ones while no expert has
-        more than the limit's rows and the narrow ones otherwise (cuda_src/sm90/swapped.cuh)."""
-        tiles = self.swapped_tiles(plan)
-        limit = None
-        if tiles == heuristics.SWAPPED_WIDE:
-            limit = heuristics.wide_tiles_busiest_limit(plan.num_tokens, plan.top_k, plan.num_local_experts)
+    def _swapped_geometries(kind: CallKind) -> list[tuple[str, int]]:
+        """(geometry, busiest-expert guard) of each swapped launch, or [] for the row-major
+        kernels. One unguarded launch (0), or, where the wide tiles hold for balanced routing
+        only, the wide ones while no expert has more than the limit's rows and the narrow ones
+        otherwise (each CTA reads the plan's counts; the other kernel returns at once)."""
+        forced = overrides.current()
+        spec = kernel(family="swapped", geometry="narrow", op="gemm2_store", elem=kind.elem)
+        if forced.family is None:
+            rows = (kind.num_tokens, kind.top_k, kind.num_local_experts)
+            fits = kind.num_local_experts <= spec["max_experts"]
+            if not (fits and heuristics.choose_sm90_swapped(*rows, kind.inter)):
+                return []
+            wide = kernel(family="swapped", geometry="wide", op="gemm2_store", elem=kind.elem)
+            geometry = heuristics.choose_sm90_swapped_tiles(*rows, spec["max_rows"], wide["max_rows"])
+            limit = heuristics.wide_tiles_busiest_limit(*rows) if geometry == "wide" else None
+        elif forced.family == "rows":
+            return []
+        else:
+            if kind.num_local_experts > spec["max_experts"]:
+                raise ValueError(f"the swapped kernels take at most {spec['max_experts']} local experts")
+            geometry = "wide" if forced.family == "wide" else "narrow"
+            limit = forced.busiest_limit
         if limit is None:
-            return [(tiles, 0)]
-        return [(heuristics.SWAPPED_WIDE, limit), (heuristics.SWAPPED_NARROW, -limit)]
+            return [(geometry, 0)]
+        return [("wide", limit), ("narrow", -limit)]
 
-    def _launch_swapped(
-        self,
-        kernel: str,
-        swiglu: bool,
-        w,
-        tokens,
-        bias,
-        plan,
-        topk_weights,
-        out,
-        depth: int,
-        n: int,
-        zero=None,
-    ) -> None:
-        """cuda_src/sm90/swapped.cuh: `kernel` is the entry's name after its module prefix; `w` is
-        w1 (gate/up groups, 5-D map) or w2; `tokens` (x_perm or h) is loaded in 32-row boxes. A unit
-        is one chunk of an expert's rows against one block of weight rows (SwiGLU: half of them
-        gate rows, so half as many outputs). One or two launches (_swapped_launches)."""
-        tokens_desc = _tma.tile_desc(tokens, self.SWAPPED_TOKEN_BOX)
-        sms = _device.multiprocessor_count(_device.require_gpu())
-        for tiles, busiest_guard in self._swapped_launches(plan):
-            fn = function(f"{tiles.module}_{dtype_tag(tokens.dtype)}", f"{tiles.module}_{kernel}")
-            if swiglu:
-                w_desc = _tma.gate_up_groups_desc(w, tiles.weight_rows // 2 // _tma.GATE_UP_GROUP)
+    @staticmethod
+    def _swapped(kind: CallKind, geometry: str, guard: int, op: str, out: str, k: int, n: int) -> Launch:
+        """A unit is one chunk of an expert's rows against one block of weight rows."""
+        spec = kernel(family="swapped", geometry=geometry, op=op, elem=kind.elem, out=out)
+        pairs = kind.num_tokens * kind.top_k
+        chunks = heuristics.max_expert_chunks(pairs, kind.num_local_experts, spec["max_rows"])
+        units = chunks * cdiv(n, spec["block_out"])
+        return Launch(spec, (min(units, _sms()),), _fixed(kind, k, n, busiest_guard=guard))
+
+    @staticmethod
+    def _rows(kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int, max_splits) -> Launch:
+        tags = {"family": "rows", "op": op, "elem": kind.elem, "out": out, "tile_m": tile_m}
+        forced_n = overrides.current().tile_n
+        if forced_n is not None:
+            tags["tile_n"] = forced_n
+        specs = sorted(
+            (s for s in kernels.catalog() if s.matches(tags)), key=lambda s: s["out_cols"], reverse=True
+        )
+        if not specs:
+            raise ValueError(f"no Hopper row-major kernel has {tags}")
+        max_tiles = plan_capacity(kind.num_tokens, kind.top_k, kind.num_local_experts, tile_m).tiles
+        widths = tuple(s["out_cols"] for s in specs)
+        cols, splits = heuristics.choose_sm90_tiles(
+            max_tiles, n, k, _sms(), max_splits, widths, specs[0]["tile_k"]
+        )
+        spec = specs[widths.index(cols)]
+        return Launch(
+            spec, (min(max_tiles * cdiv(n, cols) * splits, _sms()),), _fixed(kind, k, n, k_splits=splits)
+        )
+
+    def configure(self, kind: CallKind, tile_m: int | None = None) -> ForwardConfig:
+        tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts, kind.elem)
+        op2, out2 = _gemm2_op(kind)
+        swapped = self._swapped_geometries(kind)
+        if swapped:
+            ops = (("gemm1_swiglu", kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
+            gemm1, gemm2 = (tuple(self._swapped(kind, g, guard, *op) for g, guard in swapped) for op in ops)
+        else:
+            gemm1 = (self._rows(kind, tile_m, "gemm1_swiglu", kind.elem, kind.hidden, kind.inter, 1),)
+            out_bytes = 4 if kind.out == "f32" else 2
+            splits = heuristics.max_scatter_splits(kind.top_k, out_bytes) if kind.fused else 1
+            gemm2 = (self._rows(kind, tile_m, op2, out2, kind.inter, kind.hidden, splits),)
+        return ForwardConfig(self.name, kind.fused, tile_m, bool(swapped), kind.fused, gemm1, gemm2)
+
+    @staticmethod
+    def arrays(spec, g: GemmArrays, tma=_tma) -> dict:
+        """The array arguments of a launch of `spec` (the configuration fixes the rest): TMA
+        descriptors with the boxes the kernel publishes, the plan's arrays, the output."""
+        plan, tile_k = g.plan, spec["tile_k"]
+        gemm1 = spec.tags["op"] == "gemm1_swiglu"
+        args = dict(
+            bias=g.bias,
+            expert_offsets=plan.expert_offsets,
+            permuted_to_expanded=plan.permuted_to_expanded,
+            topk_weights=g.topk_weights,
+            out=g.out,
+            zero=g.zero,
+            zero_bytes=0 if g.zero is None else g.zero.nbytes,
+        )
+        if spec.tags["family"] == "swapped":
+            if gemm1:
+                w_desc = tma.gate_up_groups_desc(g.w, spec["w_box_groups"], spec["gate_up_group"], tile_k)
             else:
-                w_desc = _tma.tile_desc(w, tiles.weight_rows)
-            block_out = tiles.weight_rows // 2 if swiglu else tiles.weight_rows
-            chunks = heuristics.max_expert_chunks(
-                plan.num_tokens * plan.top_k, plan.num_local_experts, tiles.max_rows
-            )
-            units = chunks * cdiv(n, block_out)
-            grid = min(units, sms)
-            args = (
-                w_desc,
-                tokens_desc,
-                pointer(bias),
-                plan.expert_counts,
-                plan.expert_offsets,
-                i32(plan.num_local_experts),
-                *_epilogue_args(plan, topk_weights, out, depth, n),
-                *_zero_args(zero),
-                i32(busiest_guard),
-            )
-            launch(fn, (grid,), (self.THREADS,), args, self.swapped_smem_bytes(tiles))
+                w_desc = tma.tile_desc(g.w, spec["w_box_rows"], tile_k)
+            tokens_desc = tma.tile_desc(g.a, spec["token_box"], tile_k)
+            return dict(args, w_desc=w_desc, tokens_desc=tokens_desc, expert_counts=plan.expert_counts)
+        a = {"x": g.a} if gemm1 else {"a_desc": tma.tile_desc(g.a, spec["a_box_rows"], tile_k)}
+        return dict(
+            args, **a, b_desc=tma.tile_desc(g.w, spec["b_box_rows"], tile_k), tile_expert=plan.tile_expert
+        )
 
-    def _a_desc(self, a, plan) -> object:
-        return _tma.tile_desc(a, plan.tile_m)
 
-    def _tiles(self, plan, n: int, depth: int, swiglu: bool, max_splits: int) -> tuple[int, int]:
-        sms = _device.multiprocessor_count(_device.require_gpu())
-        widths = self.tile_widths(plan.tile_m)
-        return heuristics.choose_sm90_tiles(plan.max_tiles, n, depth, sms, swiglu, max_splits, widths)
+def run(launches: tuple[Launch, ...], g: GemmArrays) -> None:
+    """Launch one GEMM of a forward configuration (one launch, or two guarded ones)."""
+    for launch in launches:
+        launch(**_BACKENDS[launch.spec.tags["family"]].arrays(launch.spec, g))
 
-    def gemm1_swiglu(self, x, w1, b1, plan, h, zero=None, x_perm=None) -> None:
-        """h[p] = SwiGLU(x[token(p)] @ w1[e].T + b1[e]): the row-major kernels gather x's rows
-        themselves, the swapped ones read `x_perm` (filled by kernels.gather_rows wherever
-        `permutes_x`). Also zeroes `zero` if given."""
-        inter, hidden = w1.shape[1] // 2, w1.shape[2]
-        if self.swapped(plan, inter):
-            kernel = f"gemm1_swiglu_{dtype_tag(x.dtype)}"
-            self._launch_swapped(kernel, True, w1, x_perm, b1, plan, None, h, hidden, inter, zero)
-            return
-        bn, _ = self._tiles(plan, inter, hidden, swiglu=True, max_splits=1)
-        name = f"sm90_gemm1_swiglu_{dtype_tag(x.dtype)}_m{plan.tile_m}_n{bn}"
-        self._launch(name, bn, 1, True, x, w1, b1, plan, None, h, hidden, inter, zero)
 
-    def gemm2_store(self, a, w2, b2, plan, y) -> None:
-        n, depth = w2.shape[1], w2.shape[2]
-        if self.swapped(plan, depth):
-            self._launch_swapped(
-                f"gemm2_store_{dtype_tag(a.dtype)}", False, w2, a, b2, plan, None, y, depth, n
-            )
-            return
-        bn, _ = self._tiles(plan, n, depth, swiglu=False, max_splits=1)
-        name = f"sm90_gemm2_store_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}"
-        self._launch(name, bn, 1, False, self._a_desc(a, plan), w2, b2, plan, None, y, depth, n)
-
-    def gemm2_scatter(self, a, w2, b2, plan, topk_weights, out) -> None:
-        n, depth = w2.shape[1], w2.shape[2]
-        if self.swapped(plan, depth):
-            kernel = f"gemm2_scatter_{dtype_tag(a.dtype)}_out_{dtype_tag(out.dtype)}"
-            self._launch_swapped(kernel, False, w2, a, b2, plan, topk_weights, out, depth, n)
-            return
-        max_splits = heuristics.max_scatter_splits(plan.top_k, out.dtype.itemsize)
-        bn, k_splits = self._tiles(plan, n, depth, swiglu=False, max_splits=max_splits)
-        name = f"sm90_gemm2_scatter_{dtype_tag(a.dtype)}_m{plan.tile_m}_n{bn}_out_{dtype_tag(out.dtype)}"
-        a_desc = self._a_desc(a, plan)
-        self._launch(name, bn, k_splits, False, a_desc, w2, b2, plan, topk_weights, out, depth, n)
+def _sms() -> int:
+    return _device.multiprocessor_count(_device.require_gpu())
 
 
 _BACKENDS = {"sm80": Sm80(), "sm90": Sm90()}
-
-
-@cache
-def _native(capability: tuple[int, int]) -> str:
-    return "sm90" if capability == (9, 0) else "sm80"
+_BACKENDS.update(rows=_BACKENDS["sm90"], swapped=_BACKENDS["sm90"])  # kernel family -> backend
 
 
 def for_device(device_id: int):
-    """The backend for this device: the native one, or `MOEFUSE_BACKEND` if it can run here."""
-    native = _native(_device.compute_capability(device_id))
-    requested = os.environ.get(BACKEND_ENV) or native
-    if requested not in _BACKENDS:
-        raise ValueError(f"{BACKEND_ENV} must be one of {sorted(_BACKENDS)}, got {requested!r}")
+    """The backend for this device: the native one, or one that `moefuse.override(backend=)` or
+    `MOEFUSE_BACKEND` names, if it can run here."""
+    native = "sm90" if _device.compute_capability(device_id) == (9, 0) else "sm80"
+    requested = overrides.current().backend or os.environ.get(BACKEND_ENV) or native
+    if requested not in overrides.BACKENDS:
+        raise ValueError(f"{BACKEND_ENV} must be one of {overrides.BACKENDS}, got {requested!r}")
     if requested == "sm90" and native != "sm90":
-        raise ValueError(f"{BACKEND_ENV}=sm90 needs a compute capability 9.0 GPU")
+        raise ValueError(f"the sm90 backend ({BACKEND_ENV}=sm90) needs a compute capability 9.0 GPU")
     return _BACKENDS[requested]

@@ -1,137 +1,136 @@
-"""Kernel names and launch geometry, mirroring the entry points in cuda_src/.
+"""Finding and launching kernels by their published contracts (moefuse/_spec.py), and the
+architecture-neutral launches: top-k routing, the plan, the row gather and the finalize.
 
 Every launch goes to CuPy's current stream. Nothing here synchronises with the host.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
-from . import _cache, _device
+from . import _cache, _device, overrides
+from ._spec import KernelSpec, find
 
-# routing.cu
-PLAN_CHUNK = 512
-SCAN_THREADS = 1024
-PLAN_SMALL_ENTRIES = 128  # routing.cu: the limits of the one-launch plans
-PLAN_BLOCK_THREADS = 1024
-PLAN_BLOCK_ENTRIES = 4 * PLAN_BLOCK_THREADS
-PLAN_BLOCK_EXPERTS = 256
-TOPK_WARPS = 8
-# permute.cu
-GATHER_WARPS = 8
+# Host choices among the plan kernels, measured (docs/DESIGN.md D9): plan_small up to this many
+# entries, plan_one_block (at least PLAN_ONE_BLOCK_MIN_THREADS) up to its published limits.
+PLAN_SMALL_MAX_ENTRIES = 128
+PLAN_ONE_BLOCK_MIN_THREADS = 512
 GATHER_MAX_BLOCKS = 4096
-FINALIZE_THREADS = 128
-
-NULL = np.uint64(0)
 
 
 def dtype_tag(dtype) -> str:
-    """The kernel-name tag of an element type: bf16, f16 (or f32 for outputs)."""
+    """The kernels' tag of an element type: bf16, f16 (or f32 for outputs)."""
     from ._arrays import BFLOAT16, FLOAT16, FLOAT32
 
     return {BFLOAT16: "bf16", FLOAT16: "f16", FLOAT32: "f32"}[np.dtype(dtype)]
-
-
-def function(module: str, name: str):
-    device_id = _device.require_gpu()
-    return _cache.load_function(module, name, device_id, _device.device_arch(device_id))
-
-
-_dynamic_smem_limit: dict[object, int] = {}  # per kernel: the limit launch() has set
-
-
-def launch(fn, grid: tuple, block: tuple, args: tuple, smem: int) -> None:
-    """Launch `fn` with `smem` bytes of dynamic shared memory, raising its limit first if needed."""
-    if _dynamic_smem_limit.get(fn, 0) < smem:
-        fn.max_dynamic_shared_size_bytes = max(smem, fn.max_dynamic_shared_size_bytes)
-        _dynamic_smem_limit[fn] = fn.max_dynamic_shared_size_bytes
-    fn(grid, block, args, shared_mem=smem)
-
-
-def i32(v: int) -> np.int32:
-    return np.int32(v)
-
-
-def pointer(array) -> object:
-    """A kernel pointer argument: the array, or NULL for None."""
-    return NULL if array is None else array
 
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def catalog() -> tuple[KernelSpec, ...]:
+    """Every kernel built for the current GPU."""
+    device_id = _device.require_gpu()
+    return _cache.catalog(_device.device_arch(device_id))
+
+
+_found: dict[tuple, KernelSpec] = {}
+
+
+def kernel(**tags) -> KernelSpec:
+    """The current GPU's one kernel with these tags (and published numbers), looked up once per
+    architecture and kernel sources (every forward launches a few)."""
+    arch = _device.device_arch(_device.require_gpu())
+    key = (arch, overrides.current().sources, *sorted(tags.items()))
+    spec = _found.get(key)
+    if spec is None:
+        spec = _found[key] = find(_cache.catalog(arch), **tags)
+    return spec
+
+
+_dynamic_smem_limit: dict[object, int] = {}  # per kernel: the limit launch() has set
+
+
+def launch(spec: KernelSpec, grid: tuple[int, ...], args: Mapping[str, object], threads: int = 0) -> None:
+    """Launch `spec` with its published block size (or fewer `threads`) and dynamic shared
+    memory, arguments by name; the shared-memory limit is raised first where needed."""
+    device_id = _device.require_gpu()
+    fn = _cache.load_function(spec, device_id, _device.device_arch(device_id))
+    smem = spec.smem_bytes
+    if _dynamic_smem_limit.get(fn, 0) < smem:
+        fn.max_dynamic_shared_size_bytes = max(smem, fn.max_dynamic_shared_size_bytes)
+        _dynamic_smem_limit[fn] = fn.max_dynamic_shared_size_bytes
+    fn(grid, (threads or spec.threads,), spec.pack(args), shared_mem=smem)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A kernel, its grid and the arguments a forward configuration fixes (sizes, splits,
+    guards); the call adds the arrays."""
+
+    spec: KernelSpec
+    grid: tuple[int, ...]
+    fixed: Mapping[str, object]
+
+    def __call__(self, **arrays) -> None:
+        launch(self.spec, self.grid, {**self.fixed, **arrays})
+
+
 def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
-    num_tokens, num_experts = logits.shape
-    fn = function("routing", "topk_softmax")
-    grid = (cdiv(num_tokens, TOPK_WARPS),)
-    fn(
-        grid,
-        (TOPK_WARPS * 32,),
-        (logits, i32(num_tokens), i32(num_experts), i32(k), i32(int(renormalize)), weights, ids),
-    )
+    (num_tokens, num_experts), spec = logits.shape, kernel(op="topk_softmax")
+    args = dict(logits=logits, num_tokens=num_tokens, num_experts=num_experts, k=k, topk_ids=ids)
+    args.update(renormalize=int(renormalize), topk_weights=weights)
+    launch(spec, (cdiv(num_tokens, spec["tokens_per_block"]),), args)
 
 
 def build_plan(topk_ids, plan, rank, chunk_count) -> None:
-    """Launch the plan kernels into `plan`'s arrays (they fill every entry themselves);
-    `rank` and `chunk_count` are scratch. One kernel up to PLAN_BLOCK_ENTRIES entries and
-    PLAN_BLOCK_EXPERTS local experts (plan_small up to PLAN_SMALL_ENTRIES), else four."""
-    n_expanded = topk_ids.size
-    num_chunks = cdiv(n_expanded, PLAN_CHUNK)
-    suffix = "i64" if topk_ids.dtype == np.int64 else "i32"
-    num_local = plan.num_local_experts
-    head = (topk_ids, i32(n_expanded), i32(plan.first_expert), i32(num_local))
-    unrouted = (plan.tile_expert, i32(plan.max_tiles), plan.permuted_to_expanded, i32(plan.capacity))
-    one_block_args = (
-        *head,
-        i32(plan.tile_m),
-        plan.expert_counts,
-        plan.expert_offsets,
-        *unrouted,
-        plan.expanded_to_permuted,
-    )
-    if n_expanded <= PLAN_SMALL_ENTRIES:
-        function("routing", f"plan_small_{suffix}")((1,), (PLAN_CHUNK,), one_block_args)
+    """Launch the plan kernels into `plan`'s arrays (they fill every entry themselves); `rank` and
+    `chunk_count` are scratch. One launch for small batches (plan_small, then plan_one_block,
+    within their published limits), else four (docs/DESIGN.md D9). Each kernel takes, by name,
+    the plan's arrays and sizes it declares."""
+    n_expanded, num_local = topk_ids.size, plan.num_local_experts
+    ids = "i64" if topk_ids.dtype == np.int64 else "i32"
+    pool = dict(vars(plan), topk_ids=topk_ids, n_expanded=n_expanded, num_local=num_local)
+    pool.update(max_tiles=plan.max_tiles, capacity=plan.capacity, rank=rank, chunk_count=chunk_count)
+    small = kernel(op="plan_small", ids=ids)
+    if n_expanded <= min(small["max_entries"], PLAN_SMALL_MAX_ENTRIES):
+        launch(small, (1,), small.take(pool))
         return
-    if n_expanded <= PLAN_BLOCK_ENTRIES and num_local <= PLAN_BLOCK_EXPERTS:
-        # One pass up to 1024 entries; at least 512 threads, which clear the padding slots.
-        threads = min(PLAN_BLOCK_THREADS, max(512, 32 * cdiv(n_expanded, 32)))
-        function("routing", f"plan_one_block_{suffix}")((1,), (threads,), one_block_args)
+    block = kernel(op="plan_one_block", ids=ids)
+    if n_expanded <= block["max_entries"] and num_local <= block["max_experts"]:
+        threads = min(block.threads, max(PLAN_ONE_BLOCK_MIN_THREADS, 32 * cdiv(n_expanded, 32)))
+        launch(block, (1,), block.take(pool), threads)
         return
-    head = (*head, i32(num_chunks))
-    function("routing", f"plan_rank_{suffix}")(
-        (num_chunks,), (PLAN_CHUNK,), (*head, rank, chunk_count, *unrouted)
-    )
-    function("routing", "plan_scan_chunks")(
-        (num_local,), (SCAN_THREADS,), (chunk_count, i32(num_chunks), plan.expert_counts)
-    )
-    function("routing", "plan_expert_offsets")(
-        (1,),
-        (SCAN_THREADS,),
-        (plan.expert_counts, i32(num_local), i32(plan.tile_m), plan.expert_offsets, plan.tile_expert),
-    )
-    function("routing", f"plan_scatter_{suffix}")(
-        (num_chunks,),
-        (PLAN_CHUNK,),
-        (*head, rank, chunk_count, plan.expert_offsets, plan.permuted_to_expanded, plan.expanded_to_permuted),
-    )
+    rank_spec = kernel(op="plan_rank", ids=ids)
+    pool["num_chunks"] = num_chunks = cdiv(n_expanded, rank_spec["entries_per_block"])
+    for spec, grid in (
+        (rank_spec, num_chunks),
+        (kernel(op="plan_scan_chunks"), num_local),
+        (kernel(op="plan_expert_offsets"), 1),
+        (kernel(op="plan_scatter", ids=ids), num_chunks),
+    ):
+        launch(spec, (grid,), spec.take(pool))
+
+
+def plan_chunks(pairs: int) -> int:
+    """Blocks of the multi-kernel plan over `pairs` expanded indices (sizes its scratch)."""
+    return cdiv(pairs, kernel(op="plan_rank", ids="i32")["entries_per_block"])
 
 
 def gather_rows(x, plan, x_perm) -> None:
     """x_perm[p] = x[token(p)] for every routed permuted row p (padding rows untouched)."""
-    num_tokens = x.shape[0]
-    grid = min(cdiv(num_tokens, GATHER_WARPS), GATHER_MAX_BLOCKS)
-    row_vectors = x.shape[1] * x.itemsize // 16
-    args = (x, plan.expanded_to_permuted, i32(num_tokens), i32(plan.top_k), i32(row_vectors), x_perm)
-    function("permute", "gather_rows")((grid,), (GATHER_WARPS * 32,), args)
+    (num_tokens, hidden), spec = x.shape, kernel(op="gather_rows")
+    pool = dict(vars(plan), x=x, x_perm=x_perm, num_tokens=num_tokens, row_bytes=hidden * x.itemsize)
+    launch(spec, (min(cdiv(num_tokens, spec["tokens_per_block"]), GATHER_MAX_BLOCKS),), spec.take(pool))
 
 
 def finalize(y, plan, topk_weights, out) -> None:
     """out[t] = sum_j w[t, j] * y[permuted(t, j)], in slot order, fp32 accumulation."""
-    num_tokens, hidden = out.shape
-    fn = function("permute", f"finalize_{dtype_tag(y.dtype)}_out_{dtype_tag(out.dtype)}")
-    fn(
-        (num_tokens,),
-        (FINALIZE_THREADS,),
-        (y, plan.expanded_to_permuted, topk_weights, i32(plan.top_k), i32(hidden), out),
-    )
+    (num_tokens, hidden), tags = out.shape, dict(elem=dtype_tag(y.dtype), out=dtype_tag(out.dtype))
+    spec = kernel(op="finalize", **tags)
+    pool = dict(vars(plan), y=y, topk_weights=topk_weights, hidden=hidden, out=out)
+    launch(spec, (num_tokens,), spec.take(pool))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import _validate, backends, kernels
+from . import _validate, backends, kernels, overrides
 from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array, require_aligned
 from ._device import require_gpu, stream_ptr
+from .backends import CallKind, ForwardConfig, GemmArrays, run
 from .plan import RoutingPlan, launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
 DISABLE_FUSED_FINALIZE_ENV = "MOEFUSE_DISABLE_FUSED_FINALIZE"
-MAX_CARVED = 64  # call kinds (T, k, tiles, paths) whose workspace layout a layer keeps
+MAX_CARVED = 64  # call kinds whose configuration and workspace layout a layer keeps
 
 
 def fused_finalize_enabled(requested: bool | None) -> bool:
@@ -24,9 +25,11 @@ def fused_finalize_enabled(requested: bool | None) -> bool:
 
 @dataclass(frozen=True)
 class _Carved:
-    """A call kind's workspace arrays and the routing plan over them (valid for one buffer)."""
+    """A call kind's forward configuration, workspace arrays and the routing plan over them
+    (valid for one buffer)."""
 
     generation: int
+    config: ForwardConfig
     arrays: dict
     routing: RoutingPlan
 
@@ -68,23 +71,29 @@ class MoELayer:
         self._workspace = Workspace()
         self._carved: dict[tuple, _Carved] = {}
 
-    def _layout(self, backend, num_tokens: int, top_k: int) -> tuple[int, bool]:
-        """What the workspace layout takes from the kernels' choice: (tile_m, permutes_x)."""
-        num_local = self.dims.num_local_experts
-        tile_m = backend.tile_m(num_tokens, top_k, num_local)
-        return tile_m, backend.permutes_x(num_tokens, top_k, num_local, self.dims.intermediate)
+    def _configure(self, backend, num_tokens: int, top_k: int, fused: bool, out_dtype) -> ForwardConfig:
+        d, tag = self.dims, kernels.dtype_tag
+        kind = (
+            num_tokens,
+            top_k,
+            d.num_local_experts,
+            d.hidden,
+            d.intermediate,
+            tag(d.dtype),
+            tag(out_dtype),
+        )
+        return backend.configure(CallKind(*kind, fused))
 
     def _workspace_specs(
-        self, num_tokens: int, top_k: int, layout: tuple[int, bool], fused: bool, convert_weights: bool
+        self, num_tokens: int, top_k: int, config: ForwardConfig, convert_weights: bool
     ) -> list[ArraySpec]:
         num_local, dims = self.dims.num_local_experts, self.dims
-        tile_m, permutes_x = layout
-        specs = plan_specs(num_tokens, top_k, num_local, tile_m)
-        rows = plan_capacity(num_tokens, top_k, num_local, tile_m).rows
+        specs = plan_specs(num_tokens, top_k, num_local, config.tile_m)
+        rows = plan_capacity(num_tokens, top_k, num_local, config.tile_m).rows
         specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
-        if permutes_x:
+        if config.permutes_x:
             specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
-        if not fused:
+        if not config.fused:
             specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
         if convert_weights:
             specs.append(ArraySpec("topk_weights", (num_tokens, top_k), FLOAT32))
@@ -94,8 +103,8 @@ class MoELayer:
         """Device bytes a call with `num_tokens` tokens and `top_k` slots needs (upper bound)."""
         fused = fused_finalize_enabled(fused_finalize)
         backend = backends.for_device(require_gpu())
-        layout = self._layout(backend, num_tokens, top_k)
-        return layout_bytes(self._workspace_specs(num_tokens, top_k, layout, fused, True))
+        config = self._configure(backend, num_tokens, top_k, fused, self.dims.dtype)
+        return layout_bytes(self._workspace_specs(num_tokens, top_k, config, True))
 
     def reserve(self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> None:
         """Allocate the workspace for batches of up to `max_tokens` tokens now."""
@@ -108,26 +117,27 @@ class MoELayer:
         if self._carved and next(iter(self._carved.values())).generation != self._workspace.generation:
             self._carved.clear()
 
-    def _carve(self, backend, num_tokens: int, top_k: int, fused: bool, convert_weights: bool) -> _Carved:
-        """The workspace arrays and routing plan of a call kind. Kept per kind (up to MAX_CARVED)
-        while the buffer stays: a repeated batch shape skips the layout, which cost more host
-        time than the launches (docs/PERF.md, change 55)."""
-        layout = self._layout(backend, num_tokens, top_k)
-        key = (num_tokens, top_k, layout, fused, convert_weights)
+    def _carve(self, backend, num_tokens: int, top_k: int, fused: bool, out_dtype, convert_weights):
+        """The forward configuration, workspace arrays and routing plan of a call kind, chosen
+        once. Kept per kind (up to MAX_CARVED) while the buffer stays: a repeated batch shape
+        skips the choice and the layout, which cost more host time than the launches
+        (docs/DESIGN.md D12)."""
+        key = (num_tokens, top_k, fused, out_dtype, convert_weights, overrides.current(), backend.name)
         carved = self._carved.get(key)
         if carved is not None and carved.generation == self._workspace.generation:
             return carved
-        num_local, (tile_m, _) = self.dims.num_local_experts, layout
-        specs = self._workspace_specs(num_tokens, top_k, layout, fused, convert_weights)
-        _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
+        config = self._configure(backend, num_tokens, top_k, fused, out_dtype)
+        num_local = self.dims.num_local_experts
+        specs = self._workspace_specs(num_tokens, top_k, config, convert_weights)
+        _validate.check_plan_fits(num_tokens, top_k, num_local, config.tile_m)
         arrays = self._workspace.carve(specs)
         routing = plan_from_arrays(
-            num_tokens, top_k, self.num_experts, self.first_expert, num_local, tile_m, arrays
+            num_tokens, top_k, self.num_experts, self.first_expert, num_local, config.tile_m, arrays
         )
         self._forget_stale_layouts()
         if len(self._carved) >= MAX_CARVED:
             del self._carved[next(iter(self._carved))]
-        self._carved[key] = carved = _Carved(self._workspace.generation, arrays, routing)
+        self._carved[key] = carved = _Carved(self._workspace.generation, config, arrays, routing)
         return carved
 
     def __call__(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
@@ -169,33 +179,32 @@ class MoELayer:
         x, topk_ids = contiguous(x), contiguous(topk_ids)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
         backend = backends.for_device(require_gpu())
-        carved = self._carve(backend, num_tokens, top_k, fused, convert_weights)
-        arrays, routing = carved.arrays, carved.routing
+        carved = self._carve(backend, num_tokens, top_k, fused, out.dtype, convert_weights)
+        config, arrays, routing = carved.config, carved.arrays, carved.routing
         weights = arrays["topk_weights"] if convert_weights else topk_weights
-        h = arrays["h"]
-        # The fused path adds into `out`, which must start at zero: GEMM1 clears it where it can,
-        # a memset where not.
-        clear_in_gemm1 = fused and backend.CLEARS_OUT_IN_GEMM1
-        x_perm = arrays.get("x_perm")  # x in permuted order, where GEMM1 loads rows by TMA
-        gemm1_extra = {"zero": out} if clear_in_gemm1 else {}
-        if x_perm is not None:
-            gemm1_extra["x_perm"] = x_perm
+        h, x_perm, y = arrays["h"], arrays.get("x_perm"), arrays.get("y")
+        # The fused path adds into `out`, which must start at zero: GEMM1 clears it where the
+        # configuration says so, a memset otherwise.
+        gemm1 = GemmArrays(x if x_perm is None else x_perm, self.w1, self.b1, routing, h)
+        if config.clears_out:
+            gemm1 = GemmArrays(gemm1.a, self.w1, self.b1, routing, h, zero=out)
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
         steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
         if x_perm is not None:
             steps.append(("gather", lambda: kernels.gather_rows(x, routing, x_perm)))
-        steps.append(("gemm1", lambda: backend.gemm1_swiglu(x, self.w1, self.b1, routing, h, **gemm1_extra)))
+        steps.append(("gemm1", lambda: run(config.gemm1, gemm1)))
         if fused:
-            if not clear_in_gemm1:
+            if not config.clears_out:
                 memset = cupy.cuda.runtime.memsetAsync
                 steps.append(("zero_out", lambda: memset(out.data.ptr, 0, out.nbytes, stream_ptr())))
-            steps.append(("gemm2", lambda: backend.gemm2_scatter(h, self.w2, self.b2, routing, weights, out)))
+            gemm2 = GemmArrays(h, self.w2, self.b2, routing, out, weights)
+            steps.append(("gemm2", lambda: run(config.gemm2, gemm2)))
         else:
-            y = arrays["y"]
+            gemm2 = GemmArrays(h, self.w2, self.b2, routing, y)
             steps += [
-                ("gemm2", lambda: backend.gemm2_store(h, self.w2, self.b2, routing, y)),
+                ("gemm2", lambda: run(config.gemm2, gemm2)),
                 ("finalize", lambda: kernels.finalize(y, routing, weights, out)),
             ]
         return out, steps

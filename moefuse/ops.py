@@ -46,14 +46,15 @@ def plan(
     """The routing plan for `topk_ids [T, k]` over local experts
     `[first_expert, first_expert + num_local_experts)`; other ids (and ids < 0) are skipped.
     `tile_m` (64 or 128; every backend has both) defaults to what the device's GEMM backend wants
-    (see `moefuse.heuristics`)."""
+    for bf16 (see `moefuse.heuristics`)."""
     ids = contiguous(as_device_array(topk_ids, "topk_ids"))
     num_tokens, top_k = _validate.check_topk_ids(ids)
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     num_local = _validate.check_expert_range(num_experts, first_expert, num_local_experts)
-    _validate.check_tile_m(tile_m)
+    backend = backends.for_device(require_gpu())
+    _validate.check_tile_m(tile_m, backend.tile_ms("bf16"))
     if tile_m is None:
-        tile_m = backends.for_device(require_gpu()).tile_m(num_tokens, top_k, num_local)
+        tile_m = backend.tile_m(num_tokens, top_k, num_local, "bf16")
     _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
     arrays = Workspace().carve(plan_specs(num_tokens, top_k, num_local, tile_m))
     routing = plan_from_arrays(num_tokens, top_k, num_experts, first_expert, num_local, tile_m, arrays)
@@ -95,7 +96,13 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
         require_aligned(out, "out")
     if routing.max_tiles:
-        backends.for_device(require_gpu()).gemm2_store(a, w, bias, routing, out)
+        backend = backends.for_device(require_gpu())
+        elem = kernels.dtype_tag(a.dtype)
+        kind = backends.CallKind(
+            routing.num_tokens, routing.top_k, routing.num_local_experts, num_n, depth, elem, elem, False
+        )
+        config = backend.configure(kind, tile_m=routing.tile_m)
+        backends.run(config.gemm2, backends.GemmArrays(a, w, bias, routing, out))
     return out
 
 

@@ -34,7 +34,6 @@ INT32 = np.dtype(np.int32)
 class PlanCapacity:
     rows: int  # permuted rows, padding included: the M extent of the grouped GEMMs
     tiles: int  # M tiles of tile_m rows
-    chunks: int  # plan kernel blocks over the expanded indices
 
 
 def plan_capacity(num_tokens: int, top_k: int, num_local_experts: int, tile_m: int) -> PlanCapacity:
@@ -43,7 +42,7 @@ def plan_capacity(num_tokens: int, top_k: int, num_local_experts: int, tile_m: i
     At most min(E_local, T*k) experts are hit, and sum_e ceil(c_e / m) <= (T*k + hit*(m-1)) / m."""
     pairs = num_tokens * top_k
     tiles = (pairs + min(num_local_experts, pairs) * (tile_m - 1)) // tile_m
-    return PlanCapacity(rows=tiles * tile_m, tiles=tiles, chunks=-(-pairs // kernels.PLAN_CHUNK))
+    return PlanCapacity(rows=tiles * tile_m, tiles=tiles)
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def plan_specs(num_tokens: int, top_k: int, num_local_experts: int, tile_m: int)
         ArraySpec("tile_expert", (cap.tiles,), INT32),
         ArraySpec("permuted_to_expanded", (cap.rows,), INT32),
         ArraySpec("rank", (pairs,), INT32),
-        ArraySpec("chunk_count", (num_local_experts * cap.chunks,), INT32),
+        ArraySpec("chunk_count", (num_local_experts * kernels.plan_chunks(pairs),), INT32),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,3 +82,11 @@ def parse_tokens(text: str) -> list[int]:
     if not tokens or min(tokens) < 1:
         raise ValueError(f"token counts must be positive integers, got {text!r}")
     return tokens
+
+
+def tool_parser(doc: str, shape: str, tokens: int) -> argparse.ArgumentParser:
+    """A tool's command line with its one-line description and the --shape and --tokens of one case."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--shape", type=parse_shape, default=shape, help=NAMES_HELP)
+    parser.add_argument("--tokens", type=int, default=tokens)
+    return parser

@@ -35,3 +35,32 @@ def rng(request):
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"{request.node.name}: seed {seed}")
     return np.random.default_rng(seed)
+
+
+ARCHS = ("sm_80", "sm_90a", "sm_100a")
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """(arch, module) -> (cubin path, compile result): every module of every architecture,
+    compiled once per test run (two at a time) into a fresh folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moefuse import _cache, _sources
+
+    out = tmp_path_factory.mktemp("cubins")
+    builds = [(arch, module) for arch in ARCHS for module in _sources.modules_for(arch)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = pool.map(lambda b: _cache.compile_module(b[1], b[0], directory=out), builds)
+        return dict(zip(builds, results, strict=True))
+
+
+@pytest.fixture(scope="session")
+def specs(compiled):
+    """arch -> every kernel's published launch contract, read from the compiled cubins."""
+    from moefuse import _spec
+
+    by_arch = {}
+    for (arch, module), (path, _) in compiled.items():
+        by_arch.setdefault(arch, []).extend(_spec.read_specs(path.read_bytes(), module).values())
+    return {arch: tuple(found) for arch, found in by_arch.items()}

@@ -7,21 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from moefuse import _cache, _nvrtc, _sources, heuristics
-
-ARCHS = ("sm_80", "sm_90a", "sm_100a")
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """(arch, module) -> (cubin path, compile result), all compiled once into a fresh folder."""
-    out = tmp_path_factory.mktemp("cubins")
-    return {
-        (arch, module): _cache.compile_module(module, arch, directory=out)
-        for arch in ARCHS
-        for module in _sources.modules_for(arch)
-    }
-
+from moefuse import _cache, _nvrtc, _sources
+from tests.conftest import ARCHS
 
 BUILDS = [(arch, module) for arch in ARCHS for module in _sources.modules_for(arch)]
 
@@ -90,13 +77,15 @@ def test_portable_gemm_kernels_use_tensor_cores(compiled, arch):
 
 
 @pytest.mark.parametrize("tile_m", [128, 64])
-def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, tile_m):
-    from moefuse.backends import Sm90
-
-    functions = sass_functions(compiled[("sm_90a", f"sm90_grouped_gemm_m{tile_m}")][0])
-    assert len(functions) == len(Sm90().tile_widths(tile_m)) * 2 * 4  # widths x dtypes x variants
+def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, specs, tile_m):
+    module = f"sm90_grouped_gemm_m{tile_m}"
+    functions = sass_functions(compiled[("sm_90a", module)][0])
+    published = {s.name: s for s in specs["sm_90a"] if s.module == module}
+    assert set(functions) == set(published)
+    widths = {s["tile_n"] for s in published.values()}
+    assert len(functions) == len(widths) * 2 * 4  # widths x dtypes x variants
     for name, sass in functions.items():
-        assert f"_m{tile_m}_" in name
+        assert published[name]["tile_m"] == tile_m
         assert "HGMMA.64x" in sass, f"{name} has no warpgroup MMA"
         assert "UTMALDG.2D" in sass, f"{name} has no TMA load"
         if "gemm1" in name:  # x's rows gathered by cp.async, tracked by the stage's mbarrier
@@ -111,13 +100,15 @@ def test_hopper_gemm_kernels_use_wgmma_tma_and_setmaxnreg(compiled, tile_m):
             assert ("F32x4" if name.endswith("f32") else "16x8") in sass, name
 
 
-@pytest.mark.parametrize("tiles", heuristics.SWAPPED_TILES, ids=lambda t: t.module)
+@pytest.mark.parametrize("module", ["sm90_swapped", "sm90_swapped_wide"])
 @pytest.mark.parametrize("tag", ["bf16", "f16"])
-def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled, tag, tiles):
-    functions = sass_functions(compiled[("sm_90a", f"{tiles.module}_{tag}")][0])
+def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled, specs, tag, module):
+    functions = sass_functions(compiled[("sm_90a", f"{module}_{tag}")][0])
     assert len(functions) == 4  # GEMM1, GEMM2 store, GEMM2 scatter into 16-bit and f32 outputs
-    widths = {f"HGMMA.64x{n}x16" for n in range(16, tiles.max_rows + 1, 16)}
     for name, sass in functions.items():
+        (spec,) = (s for s in specs["sm_90a"] if s.name == name)
+        assert spec.tags["elem"] == tag and spec.tags["family"] == "swapped"
+        widths = {f"HGMMA.64x{n}x16" for n in range(16, spec["max_rows"] + 1, 16)}
         assert all(width in sass for width in widths), f"{name} lacks an MMA width"
         assert "UTMALDG.2D" in sass, f"{name} has no TMA load"  # token rows (and w2)
         if "gemm1" in name:  # w1's gate/up groups as one 5-D box
@@ -126,54 +117,6 @@ def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled,
         assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
         wide = "REDG.E.ADD" if "scatter" in name else "STG.E.128"
         assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
-
-
-def test_every_entry_point_the_host_launches_exists(compiled, ptxas_report):
-    from moefuse.backends import Sm80, Sm90
-
-    names = set()
-    for module in _sources.MODULES:
-        names |= set(_nvrtc.parse_resources(compiled[("sm_90a", module)][1].log))
-    for tag in ("bf16", "f16"):
-        for bm, bn in Sm90.STAGES:
-            for name in (
-                f"sm90_gemm1_swiglu_{tag}_m{bm}_n{bn}",
-                f"sm90_gemm2_store_{tag}_m{bm}_n{bn}",
-                f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_{tag}",
-                f"sm90_gemm2_scatter_{tag}_m{bm}_n{bn}_out_f32",
-            ):
-                assert name in names
-        for prefix in (tiles.module for tiles in heuristics.SWAPPED_TILES):
-            for name in (
-                f"{prefix}_gemm1_swiglu_{tag}",
-                f"{prefix}_gemm2_store_{tag}",
-                f"{prefix}_gemm2_scatter_{tag}_out_{tag}",
-                f"{prefix}_gemm2_scatter_{tag}_out_f32",
-            ):
-                assert name in names
-        for tile_m in Sm80.TILE_M:
-            for name in (
-                f"gemm1_swiglu_{tag}_m{tile_m}",
-                f"gemm2_store_{tag}_m{tile_m}",
-                f"gemm2_scatter_{tag}_m{tile_m}_out_{tag}",
-                f"gemm2_scatter_{tag}_m{tile_m}_out_f32",
-            ):
-                assert name in names
-        assert f"finalize_{tag}_out_{tag}" in names and f"finalize_{tag}_out_f32" in names
-    assert "gather_rows" in names
-    assert {
-        "topk_softmax",
-        "plan_rank_i32",
-        "plan_rank_i64",
-        "plan_scan_chunks",
-        "plan_expert_offsets",
-        "plan_scatter_i32",
-        "plan_scatter_i64",
-        "plan_small_i32",
-        "plan_small_i64",
-        "plan_one_block_i32",
-        "plan_one_block_i64",
-    } <= names
 
 
 def test_cache_key_covers_every_source_byte(tmp_path):

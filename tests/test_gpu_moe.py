@@ -11,23 +11,17 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-swapped", "sm90-wide"])
-def backend(request, monkeypatch):
+def backend(request):
     """Every test runs on each GEMM backend the GPU has (the portable one everywhere); on Hopper
     with each kernel family forced at every size: row-major tiles, and swapped operands with
-    narrow and with wide tiles."""
+    narrow and with wide tiles (unguarded)."""
     import cupy
-
-    from moefuse import heuristics
 
     name, _, family = request.param.partition("-")
     if name == "sm90" and cupy.cuda.Device().compute_capability != "90":
         pytest.skip("the sm90 kernels need a compute capability 9.0 GPU")
-    monkeypatch.setenv("MOEFUSE_BACKEND", name)
-    tiles = heuristics.SWAPPED_WIDE if family == "wide" else heuristics.SWAPPED_NARROW
-    monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_: family in ("swapped", "wide"))
-    monkeypatch.setattr(heuristics, "choose_sm90_swapped_tiles", lambda *_: tiles)
-    monkeypatch.setattr(heuristics, "wide_tiles_busiest_limit", lambda *_: None)
-    return request.param
+    with moefuse.override(backend=name, family=(family or "rows") if name == "sm90" else None):
+        yield request.param
 
 
 # H and I are not multiples of the N tile (128 / 64) nor H of the K tile (32): every edge is hit.
@@ -196,23 +190,21 @@ def test_cuda_graph_replay_matches_eager(rng, fused):
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("limit", [0.5, 2.0])  # x the busiest expert's rows: narrow runs, wide runs
-def test_guarded_swapped_geometries_run_exactly_once(rng, monkeypatch, backend, fused, limit):
+def test_guarded_swapped_geometries_run_exactly_once(rng, backend, fused, limit):
     """Both swapped geometries launch, guarded on the busiest expert's rows: exactly one of them
     runs (a fused output would double, or stay zero, otherwise)."""
     import cupy
-
-    from moefuse import heuristics
 
     if backend != "sm90-wide":
         pytest.skip("a Hopper swapped-kernel path: runs once, with the wide family")
     p = moe_problem(rng, "bf16", 600, HIDDEN, INTER, EXPERTS, top_k=2, bias=True, skew=0.5)
     busiest = int(np.bincount(p.topk_ids.ravel(), minlength=EXPERTS).max())
-    monkeypatch.setattr(heuristics, "wide_tiles_busiest_limit", lambda *_: int(limit * busiest))
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
-    poison_workspace(layer, 600, 2)
-    out = poisoned((600, HIDDEN), DTYPES["bf16"])
-    layer(d["x"], d["topk_weights"], cupy.asarray(p.topk_ids), out=out, fused_finalize=fused)
+    with moefuse.override(family="wide", busiest_limit=int(limit * busiest)):
+        poison_workspace(layer, 600, 2)
+        out = poisoned((600, HIDDEN), DTYPES["bf16"])
+        layer(d["x"], d["topk_weights"], cupy.asarray(p.topk_ids), out=out, fused_finalize=fused)
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
     assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
 
@@ -233,23 +225,21 @@ def test_steady_state_calls_allocate_nothing(rng):
     assert pool.total_bytes() == before
 
 
-def test_one_layer_across_batch_sizes_and_kernel_choices(rng, monkeypatch):
-    """A layer keeps each call kind's workspace layout. Batches that grow the workspace, come
-    back to an earlier size, or change the Hopper family (and with it the layout) stay right, and
-    no layout of a released buffer is kept."""
-    from moefuse import heuristics
-
+def test_one_layer_across_batch_sizes_and_kernel_choices(rng):
+    """A layer keeps each call kind's configuration and workspace layout. Batches that grow the
+    workspace, come back to an earlier size, or change the Hopper family (and with it the layout)
+    stay right, and no layout of a released buffer is kept."""
     p = moe_problem(rng, "bf16", 700, HIDDEN, INTER, EXPERTS, top_k=3, bias=False)
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"])
-    calls = ((40, False), (700, False), (40, False), (300, True), (40, True), (300, False))
-    for num_tokens, swapped in calls:
-        monkeypatch.setattr(heuristics, "choose_sm90_swapped", lambda *_, s=swapped: s)
+    calls = ((40, "rows"), (700, "rows"), (40, "rows"), (300, "swapped"), (40, "wide"), (300, "rows"))
+    for num_tokens, family in calls:
         out = poisoned((num_tokens, HIDDEN), DTYPES["bf16"])
         rows = slice(num_tokens)
-        layer(d["x"][rows], d["topk_weights"][rows], d["topk_ids"][rows], out=out)
+        with moefuse.override(family=family):
+            layer(d["x"][rows], d["topk_weights"][rows], d["topk_ids"][rows], out=out)
         want = reference.moe(p.x[rows], p.w1, p.w2, p.topk_weights[rows], p.topk_ids[rows])
-        assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"], (num_tokens, swapped)
+        assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"], (num_tokens, family)
         generations = {carved.generation for carved in layer._carved.values()}
         assert generations == {layer._workspace.generation}
 
@@ -300,17 +290,13 @@ def test_gpu_argument_errors_name_the_argument(rng):
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("tile_m", [64, 128])
-def test_tile_edges(rng, monkeypatch, fused, tile_m):
+def test_tile_edges(rng, fused, tile_m):
     """Experts with 1 row, exactly one 64- and one 128-row tile, one row past each, and none,
     at each M tile (forced in place of the heuristics); for the swapped kernels, exactly one
     16-row MMA width, one row past it, a 32-row box plus one, and one, two and three chunks of
     the narrow tiles' 256 rows (balanced: 257 rows are 129 + 128) and of the wide tiles' 192."""
     import cupy
 
-    from moefuse import heuristics
-
-    monkeypatch.setattr(heuristics, "choose_tile_m", lambda *_: tile_m)
-    monkeypatch.setattr(heuristics, "choose_sm90_tile_m", lambda *_: tile_m)
     counts = {0: 1, 1: 128, 2: 129, 3: 0, 4: 64, 5: 65, 6: 16, 7: 17, 8: 33, 9: 256, 10: 257, 11: 513}
     counts |= {12: 192, 13: 193, 14: 385}
     ids = np.concatenate([np.full(c, e, dtype=np.int32) for e, c in counts.items()])
@@ -319,9 +305,10 @@ def test_tile_edges(rng, monkeypatch, fused, tile_m):
     p.topk_ids = ids
     d = p.device()
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
-    poison_workspace(layer, ids.shape[0], 1)
-    out = poisoned((ids.shape[0], HIDDEN), DTYPES["bf16"])
-    layer(d["x"], d["topk_weights"], cupy.asarray(ids), out=out, fused_finalize=fused)
+    with moefuse.override(tile_m=tile_m):
+        poison_workspace(layer, ids.shape[0], 1)
+        out = poisoned((ids.shape[0], HIDDEN), DTYPES["bf16"])
+        layer(d["x"], d["topk_weights"], cupy.asarray(ids), out=out, fused_finalize=fused)
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, ids, p.b1, p.b2)
     assert reference.relative_error(out.get(), want) < TOLERANCE["bf16"]
 

@@ -3,16 +3,35 @@
 import pytest
 
 from moefuse import heuristics
-from moefuse.backends import Sm90
 from moefuse.plan import plan_capacity
 
 SMS = 132
+TILE_MS = (64, 128)
+NARROW_ROWS, WIDE_ROWS = 256, 192  # the swapped geometries' chunk rows (checked in test_swapped_...)
 
 
-def choose(m, n, depth, swiglu, can_split, tile_m=128, top_k=8, out_itemsize=4):
-    widths = Sm90().tile_widths(tile_m)
-    max_splits = heuristics.max_scatter_splits(top_k, out_itemsize) if can_split else 1
-    return heuristics.choose_sm90_tiles(m, n, depth, SMS, swiglu, max_splits, widths)
+@pytest.fixture(scope="module")
+def widths(specs):
+    """(tile_m, op) -> BN of the Hopper row-major kernels, widest first, from their contracts."""
+    found = {}
+    for s in specs["sm_90a"]:
+        if s.tags.get("family") == "rows" and s.tags["elem"] == "bf16":
+            found.setdefault((s["tile_m"], s.tags["op"]), set()).add(s["tile_n"])
+    return {key: tuple(sorted(v, reverse=True)) for key, v in found.items()}
+
+
+@pytest.fixture
+def choose(widths):
+    """(BN, k_splits) as the Hopper backend chooses them: SwiGLU kernels make BN / 2 outputs."""
+
+    def choose(m, n, depth, swiglu, can_split, tile_m=128, top_k=8, out_itemsize=4):
+        bns = widths[(tile_m, "gemm1_swiglu" if swiglu else "gemm2_store")]
+        out_cols = tuple(bn // 2 if swiglu else bn for bn in bns)
+        max_splits = heuristics.max_scatter_splits(top_k, out_itemsize) if can_split else 1
+        cols, splits = heuristics.choose_sm90_tiles(m, n, depth, SMS, max_splits, out_cols, 64)
+        return bns[out_cols.index(cols)], splits
+
+    return choose
 
 
 def tiles(num_tokens, top_k, experts):
@@ -20,13 +39,13 @@ def tiles(num_tokens, top_k, experts):
 
 
 @pytest.mark.parametrize("num_tokens", [1024, 4096, 16384])
-def test_large_batches_take_the_widest_tile(num_tokens):
+def test_large_batches_take_the_widest_tile(choose, num_tokens):
     m = tiles(num_tokens, 2, 8)
     assert choose(m, 14336, 4096, True, False) == (256, 1)
     assert choose(m, 4096, 14336, False, True) == (256, 1)
 
 
-def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atomics_sum():
+def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atomics_sum(choose):
     # Mixtral T=1: 2 tiles x 112 units of 128 outputs fill the SMs: the widest tile stays (64-wide
     # tiles, better balanced over the waves, measured 50% slower: docs/PERF.md).
     assert choose(2, 14336, 4096, True, False) == (256, 1)
@@ -40,20 +59,21 @@ def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atom
     assert choose(1, 1024, 512, False, True) == (64, 2)
 
 
-@pytest.mark.parametrize("tile_m", Sm90.TILE_M)
-def test_chosen_units_always_cover_the_sms_or_the_problem(tile_m):
-    widths = Sm90().tile_widths(tile_m)
+@pytest.mark.parametrize("tile_m", TILE_MS)
+def test_chosen_units_always_cover_the_sms_or_the_problem(choose, widths, tile_m):
+    bns = widths[(tile_m, "gemm2_store")]
     for m in (1, 2, 7, 64, 300):
         for n in (256, 768, 2048, 7168, 14336):
             bn, splits = choose(m, n, 2048, False, True, tile_m)
-            assert bn in widths and splits >= 1
-            assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // widths[-1]))
+            assert bn in bns and splits >= 1
+            assert m * -(-n // bn) * splits >= min(SMS, m * -(-n // bns[-1]))
 
 
-def test_64_row_tiles_keep_each_warpgroup_mma_64_wide():
+def test_64_row_tiles_keep_each_warpgroup_mma_64_wide(choose, widths):
     # At BM = 64 the warpgroups split BN; wgmma.cuh has N >= 64, so BN >= 128.
-    assert Sm90().tile_widths(64) == (256, 128)
-    assert Sm90().tile_widths(128) == (256, 128, 64)
+    for op in ("gemm1_swiglu", "gemm2_store", "gemm2_scatter"):
+        assert widths[(64, op)] == (256, 128)
+        assert widths[(128, op)] == (256, 128, 64)
     # Qwen3 T=1 (8 tiles): no width fills the SMs, so both take the narrowest; GEMM2's 128
     # units come close enough to the 132 SMs that K stays whole.
     assert choose(8, 768, 2048, True, False, 64) == (128, 1)
@@ -61,7 +81,7 @@ def test_64_row_tiles_keep_each_warpgroup_mma_64_wide():
     assert choose(2, 2048, 768, False, True, 64) == (128, 3)
 
 
-def test_no_k_split_is_empty():
+def test_no_k_split_is_empty(choose):
     """The kernel gives split i the K blocks [i * per, min((i + 1) * per, k_blocks)), per =
     ceil(k_blocks / splits): every split must get at least one (H=256, I=6464, T=1 once got 25
     splits of 5 blocks for 101)."""
@@ -88,10 +108,10 @@ def test_no_k_split_is_empty():
     ],
 )
 def test_hopper_tile_m_keeps_an_average_expert_in_one_tile(num_tokens, top_k, experts, tile_m):
-    assert heuristics.choose_sm90_tile_m(num_tokens, top_k, experts) == tile_m
+    assert heuristics.choose_sm90_tile_m(num_tokens, top_k, experts, TILE_MS) == tile_m
 
 
-def test_fused_gemm2_into_16_bit_outputs_caps_the_rounded_adds():
+def test_fused_gemm2_into_16_bit_outputs_caps_the_rounded_adds(choose):
     """Every atomic add into a bf16 / fp16 output rounds: at most 8 per element."""
     assert [heuristics.max_scatter_splits(k, 2) for k in (1, 2, 3, 4, 5, 8)] == [2, 1, 2, 2, 1, 1]
     # T=1, H=256, I=6464, k=3 (3 M tiles x 2 n tiles, 101 K blocks): 21 splits into float32, 2 into bf16
@@ -99,7 +119,7 @@ def test_fused_gemm2_into_16_bit_outputs_caps_the_rounded_adds():
     assert choose(3, 256, 6464, False, True, 64, top_k=3, out_itemsize=2)[1] == 2
 
 
-def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies():
+def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies(choose):
     """Two atomic adds onto zero commute, more do not: with k <= 2 the fused output is promised
     bitwise reproducible, so k * splits stays <= 2."""
     assert [heuristics.max_scatter_splits(k, 4) for k in (1, 2, 3, 8)] == [2, 1, None, None]
@@ -109,9 +129,9 @@ def test_fused_gemm2_splits_k_only_where_the_sum_order_already_varies():
     assert choose(2, 4096, 14336, False, True, 64, top_k=1)[1] == 2
 
 
-@pytest.mark.parametrize("tiles", heuristics.SWAPPED_TILES, ids=lambda t: t.module)
+@pytest.mark.parametrize("max_rows", [NARROW_ROWS, WIDE_ROWS])
 @pytest.mark.parametrize("seed", range(20))
-def test_max_expert_chunks_bounds_every_routing(seed, tiles):
+def test_max_expert_chunks_bounds_every_routing(seed, max_rows):
     """The swapped kernels' grid is sized by max_expert_chunks: it must cover any routing."""
     import numpy as np
 
@@ -120,8 +140,8 @@ def test_max_expert_chunks_bounds_every_routing(seed, tiles):
     pairs = int(rng.integers(1, 5000))
     hot = rng.random(experts) ** 8  # skewed: a few experts take most rows
     counts = np.bincount(rng.choice(experts, pairs, p=hot / hot.sum()), minlength=experts)
-    chunks = int(np.sum(-(-counts // tiles.max_rows)))
-    assert chunks <= heuristics.max_expert_chunks(pairs, experts, tiles.max_rows)
+    chunks = int(np.sum(-(-counts // max_rows)))
+    assert chunks <= heuristics.max_expert_chunks(pairs, experts, max_rows)
 
 
 @pytest.mark.parametrize(
@@ -139,23 +159,13 @@ def test_max_expert_chunks_bounds_every_routing(seed, tiles):
     ],
 )
 def test_swapped_tile_geometry_by_rows_per_expert(num_tokens, top_k, experts, wide):
-    tiles = heuristics.choose_sm90_swapped_tiles(num_tokens, top_k, experts)
-    assert tiles == (heuristics.SWAPPED_WIDE if wide else heuristics.SWAPPED_NARROW)
+    geometry = heuristics.choose_sm90_swapped_tiles(num_tokens, top_k, experts, NARROW_ROWS, WIDE_ROWS)
+    assert geometry == ("wide" if wide else "narrow")
 
 
-def test_swapped_launches_pair_the_guarded_geometries():
-    from types import SimpleNamespace
-
-    from moefuse.backends import Sm90
-
-    def launches(num_tokens, top_k, experts):
-        plan = SimpleNamespace(num_tokens=num_tokens, top_k=top_k, num_local_experts=experts)
-        return Sm90()._swapped_launches(plan)
-
-    narrow, wide = heuristics.SWAPPED_NARROW, heuristics.SWAPPED_WIDE
-    assert launches(4096, 8, 256) == [(narrow, 0)]
-    assert launches(8192, 8, 256) == [(wide, 512), (narrow, -512)]
-    assert launches(16384, 2, 8) == [(wide, 0)]
+def test_swapped_geometries_chunk_rows(specs):
+    rows = {s.tags["geometry"]: s["max_rows"] for s in specs["sm_90a"] if s.tags.get("family") == "swapped"}
+    assert rows == {"narrow": NARROW_ROWS, "wide": WIDE_ROWS}
 
 
 def test_wide_tiles_below_2048_rows_are_guarded_against_a_busy_expert():
@@ -187,10 +197,3 @@ def test_swapped_kernels_where_the_padding_they_save_outweighs_the_gather(
     num_tokens, top_k, experts, inter, swapped
 ):
     assert heuristics.choose_sm90_swapped(num_tokens, top_k, experts, inter) == swapped
-    assert Sm90.uses_swapped(num_tokens, top_k, experts, inter) == swapped
-
-
-def test_swapped_kernels_need_the_expert_tables_to_fit():
-    experts = heuristics.SWAPPED_MAX_EXPERTS + 1
-    assert heuristics.choose_sm90_swapped(128 * experts, 1, experts, 14336)
-    assert not Sm90.uses_swapped(128 * experts, 1, experts, 14336)

@@ -163,7 +163,7 @@ def test_expert_range_errors():
     with pytest.raises(TypeError, match="num_experts must be an int"):
         _validate.check_expert_range(16.0, 0, None)
     with pytest.raises(ValueError, match="tile_m must be one of"):
-        _validate.check_tile_m(96)
+        _validate.check_tile_m(96, (64, 128))
 
 
 def test_out_and_dtype_errors():

@@ -12,7 +12,6 @@ then each variant's ms and its ratio to current.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
@@ -22,17 +21,15 @@ import moefuse
 from moefuse import _sources
 from moefuse_bench.dtypes import rel_err
 from moefuse_bench.problems import random_problem
-from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.shapes import tool_parser
 from moefuse_bench.timing import L2Flush, Timing, layer_step_samples, medians
 from moefuse_bench.variants import add_family_argument, family_override, forced
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = tool_parser(__doc__, "mixtral", 4096)
     parser.add_argument("variants", type=Path, nargs="+")
     parser.add_argument("--module", default="sm90_grouped_gemm_m128", choices=sorted(_sources.MODULES))
-    parser.add_argument("--shape", type=parse_shape, default="mixtral", help=NAMES_HELP)
-    parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10)
     add_family_argument(parser)

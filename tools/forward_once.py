@@ -4,19 +4,15 @@ python tools/forward_once.py [--shape mixtral|H,I,E,k|HxIxExk] [--tokens T] [--i
     [--unfused] [--skew] [--family auto|rows|swapped|wide]
 """
 
-import argparse
-
 import cupy as cp
 
 from moefuse_bench.problems import random_problem
-from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.shapes import tool_parser
 from moefuse_bench.variants import add_family_argument, family_override, forced
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", type=parse_shape, default="mixtral", help=NAMES_HELP)
-    parser.add_argument("--tokens", type=int, default=4096)
+    parser = tool_parser(__doc__, "mixtral", 4096)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--unfused", action="store_true")
     parser.add_argument("--skew", action="store_true", help="bench.py's skewed routing")

@@ -10,7 +10,6 @@ the larger, eager forwards are host-bound. `--profile` adds the functions that t
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import time
@@ -18,14 +17,12 @@ import time
 import cupy as cp
 
 from moefuse_bench.problems import random_problem
-from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.shapes import tool_parser
 from moefuse_bench.timing import Timing, capture, median_ms, warm_up
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", type=parse_shape, default="1032,712,60,4", help=NAMES_HELP)
-    parser.add_argument("--tokens", type=int, default=1024)
+    parser = tool_parser(__doc__, "1032,712,60,4", 1024)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()

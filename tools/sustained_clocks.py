@@ -10,7 +10,6 @@ TFLOP/s, mean SM clock, mean power and the clock-event reasons seen (0x4: softwa
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import time
@@ -22,7 +21,7 @@ import cupy as cp
 from moefuse_bench.ceilings import CEILING_TIMING, MATMUL_N
 from moefuse_bench.dtypes import BF16
 from moefuse_bench.problems import randn, random_problem
-from moefuse_bench.shapes import NAMES_HELP, parse_shape
+from moefuse_bench.shapes import tool_parser
 from moefuse_bench.timing import Timing, idle, median_ms
 
 QUERY = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
@@ -38,9 +37,7 @@ def timed(fn: Callable[[], object], reps: int, stream: cp.cuda.Stream) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", type=parse_shape, default="mixtral", help=NAMES_HELP)
-    parser.add_argument("--tokens", type=int, default=16384)
+    parser = tool_parser(__doc__, "mixtral", 16384)
     args = parser.parse_args()
     layer, case = random_problem(args.shape, args.tokens)
     x, weights, ids = case.sets[0]

@@ -15,9 +15,9 @@ struct SpecInt {
 // parenthesised list) and the published contract; the kernel body follows the macro. TAGS is a
 // string of space-separated key=value words; the variadic arguments are further SpecInt entries,
 // e.g. {"smem_bytes", Layout::BYTES}. "threads" is published from THREADS.
-#define MOEFUSE_KERNEL(NAME, THREADS, MIN_BLOCKS, TAGS, PARAMS, ...)                   \
-  extern "C" __device__ const char NAME##__moefuse_tags[] = TAGS;                      \
-  extern "C" __device__ const char NAME##__moefuse_params[] = #PARAMS;                 \
+#define MOEFUSE_KERNEL(NAME, THREADS, MIN_BLOCKS, TAGS, PARAMS, ...)                  \
+  extern "C" __device__ const char NAME##__moefuse_tags[] = TAGS;                     \
+  extern "C" __device__ const char NAME##__moefuse_params[] = #PARAMS;                \
   extern "C" __device__ const SpecInt NAME##__moefuse_ints[] = {{"threads", THREADS}, \
-                                                                 __VA_ARGS__};         \
+                                                                __VA_ARGS__};         \
   extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) NAME PARAMS

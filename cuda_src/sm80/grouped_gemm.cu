@@ -6,11 +6,13 @@
 // expert tile_expert[i] (-1: no work). Rows whose permuted_to_expanded entry is -1 are padding:
 // they load as zeros and are never stored.
 //
-//   GEMM1 (gather + SwiGLU):  h[p, j]   = silu(x[tok] . w1[e, j] + b1[e, j]) * (x[tok] . w1[e, I+j]
-//   + b1[e, I+j]) GEMM2 (store):            y[p, n]   = h[p] . w2[e, n] + b2[e, n] GEMM2
-//   (scatter-add):      out[tok, n] += topk_weight[p] * (h[p] . w2[e, n] + b2[e, n])
+//   GEMM1 (gather + SwiGLU): h[p, j] = silu(x[tok] . w1[e, j] + b1[e, j])
+//                                      * (x[tok] . w1[e, I+j] + b1[e, I+j])
+//   GEMM2 (store):           y[p, n] = h[p] . w2[e, n] + b2[e, n]
+//   GEMM2 (scatter-add):     out[tok, n] += topk_weight[p] * (h[p] . w2[e, n] + b2[e, n])
 // where tok = permuted_to_expanded[p] / top_k.
 #include "../common/ptx.cuh"
+#include "../common/spec.cuh"
 
 namespace sm80 {
 
@@ -40,134 +42,103 @@ DEV int swiglu_weight_row(int r, int n_tile, int inter, bool& valid) {
   return ((r >> 3) & 1) * inter + col;
 }
 
-template <typename Elem, int BM, ASource A_SRC, Epilogue EPI, typename OutT>
-DEV void grouped_gemm(const Elem* __restrict__ a, const Elem* __restrict__ w,
-                      const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
-                      const int* __restrict__ permuted_to_expanded,
-                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
-                      int top_k) {
-  constexpr int WM = BM / 2;  // warp tile: WM x 32
-  constexpr int MT = WM / 16;
-  constexpr int NT = 4;
-  constexpr int A_LOADS = BM * CHUNKS_PER_ROW / THREADS;
-  constexpr int B_LOADS = BN * CHUNKS_PER_ROW / THREADS;
+// The tile's copies into one ring stage: each thread moves the same rows' 16-byte chunk `chunk` at
+// every K step, so their sources are resolved once (padding rows and columns past N load zeros).
+template <typename Elem, int BM, ASource A_SRC, Epilogue EPI>
+struct StageLoader {
+  static constexpr int A_LOADS = BM * CHUNKS_PER_ROW / THREADS;
+  static constexpr int B_LOADS = BN * CHUNKS_PER_ROW / THREADS;
   static_assert(A_LOADS >= 1 && B_LOADS >= 1, "tile too small for the loader");
-  static_assert(MT >= 1, "BM must be a multiple of 32");
-
-  const int expert = tile_expert[blockIdx.x];
-  if (expert < 0) return;
-  const int m_base = blockIdx.x * BM;
-  const int n_tile = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp / 4, wn = warp % 4;
-
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  Elem* smem_a = reinterpret_cast<Elem*>(smem_raw);
-  Elem* smem_b = smem_a + STAGES * Smem<BM>::A_STAGE;
-
-  // Each thread copies the same rows and 16-byte column chunk at every K step: resolve them once.
-  const int chunk = tid % CHUNKS_PER_ROW;
   const Elem* a_row[A_LOADS];
-  bool a_ok[A_LOADS];
-#pragma unroll
-  for (int i = 0; i < A_LOADS; ++i) {
-    const int p = m_base + tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
-    const int expanded = permuted_to_expanded[p];
-    a_ok[i] = expanded >= 0;
-    const i64 src_row = A_SRC == ASource::GatherTokens ? expanded / top_k : p;
-    a_row[i] = a + (a_ok[i] ? src_row * K : 0) + chunk * 8;
-  }
-  const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
   const Elem* b_row[B_LOADS];
-  bool b_ok[B_LOADS];
-#pragma unroll
-  for (int i = 0; i < B_LOADS; ++i) {
-    const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
-    int row;
-    if (EPI == Epilogue::SwiGLU) {
-      row = swiglu_weight_row(r, n_tile, N, b_ok[i]);
-    } else {
-      row = n_tile * BN + r;
-      b_ok[i] = row < N;
-    }
-    b_row[i] = w + ((i64)expert * w_rows + (b_ok[i] ? row : 0)) * K + chunk * 8;
-  }
+  bool a_ok[A_LOADS], b_ok[B_LOADS];
+  const Elem *a_base, *w_base;
+  int chunk, K;
 
-  auto load_stage = [&](int stage, int k_tile) {
-    const int k = k_tile * BK + chunk * 8;
-    const bool k_ok = k < K;  // K % 8 == 0, so a chunk is wholly inside or outside
-    Elem* sa = smem_a + stage * Smem<BM>::A_STAGE;
-    Elem* sb = smem_b + stage * Smem<BM>::B_STAGE;
+  DEV StageLoader(const Elem* a, const Elem* w, const int* permuted_to_expanded, int expert,
+                  int m_base, int n_tile, int k, int n, int top_k)
+      : a_base(a), w_base(w), chunk(threadIdx.x % CHUNKS_PER_ROW), K(k) {
+    const int tid = threadIdx.x;
 #pragma unroll
     for (int i = 0; i < A_LOADS; ++i) {
-      const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
-      const bool ok = a_ok[i] && k_ok;
-      cp_async_16(sa + r * SMEM_LD + chunk * 8, ok ? a_row[i] + k_tile * BK : a, ok ? 16 : 0);
+      const int p = m_base + tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+      const int expanded = permuted_to_expanded[p];
+      a_ok[i] = expanded >= 0;
+      const i64 src_row = A_SRC == ASource::GatherTokens ? expanded / top_k : p;
+      a_row[i] = a + (a_ok[i] ? src_row * K : 0) + chunk * 8;
     }
+    const int w_rows = EPI == Epilogue::SwiGLU ? 2 * n : n;
 #pragma unroll
     for (int i = 0; i < B_LOADS; ++i) {
       const int r = tid / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+      int row;
+      if (EPI == Epilogue::SwiGLU) {
+        row = swiglu_weight_row(r, n_tile, n, b_ok[i]);
+      } else {
+        row = n_tile * BN + r;
+        b_ok[i] = row < n;
+      }
+      b_row[i] = w + ((i64)expert * w_rows + (b_ok[i] ? row : 0)) * K + chunk * 8;
+    }
+  }
+
+  DEV void load(Elem* sa, Elem* sb, int k_tile) const {
+    const bool k_ok = k_tile * BK + chunk * 8 < K;  // K % 8 == 0: a chunk is wholly in or out
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int r = threadIdx.x / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
+      const bool ok = a_ok[i] && k_ok;
+      cp_async_16(sa + r * SMEM_LD + chunk * 8, ok ? a_row[i] + k_tile * BK : a_base, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int r = threadIdx.x / CHUNKS_PER_ROW + i * (THREADS / CHUNKS_PER_ROW);
       const bool ok = b_ok[i] && k_ok;
-      cp_async_16(sb + r * SMEM_LD + chunk * 8, ok ? b_row[i] + k_tile * BK : w, ok ? 16 : 0);
-    }
-  };
-
-  float acc[MT][NT][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;
-
-  const int k_tiles = (K + BK - 1) / BK;
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < k_tiles) load_stage(s, s);
-    cp_async_commit();
-  }
-
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread's copies)
-    __syncthreads();              // ... for every thread's; and stage kt-1 is free to refill
-    const int next = kt + STAGES - 1;
-    if (next < k_tiles) load_stage(next % STAGES, next);
-    cp_async_commit();
-
-    const Elem* sa = smem_a + (kt % STAGES) * Smem<BM>::A_STAGE;
-    const Elem* sb = smem_b + (kt % STAGES) * Smem<BM>::B_STAGE;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      u32 a_frag[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int row = wm * WM + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-        ldmatrix_x4(a_frag[mt], sa + row * SMEM_LD + kk + (lane / 16) * 8);
-      }
-      u32 b_frag[NT / 2][4];
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        const int row = wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8;
-        ldmatrix_x4(b_frag[np], sb + row * SMEM_LD + kk + ((lane / 8) % 2) * 8);
-      }
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          mma_16816(acc[mt][nt], a_frag[mt], b_frag[nt / 2][(nt % 2) * 2],
-                    b_frag[nt / 2][(nt % 2) * 2 + 1], (Elem*)nullptr);
+      cp_async_16(sb + r * SMEM_LD + chunk * 8, ok ? b_row[i] + k_tile * BK : w_base, ok ? 16 : 0);
     }
   }
-  cp_async_wait<0>();
+};
 
-  // Epilogue. Accumulator (mt, nt, q) of this thread is tile row wm*WM + mt*16 + lane/4 + 8*(q/2),
-  // tile column wn*32 + nt*8 + 2*(lane%4) + q%2; (q, q+1) for even q are adjacent columns.
-  const Elem* expert_bias = bias ? bias + (i64)expert * w_rows : nullptr;
+// One BK step of a warp's WM x 32 tile from a stage: ldmatrix fragments, then the MMAs.
+template <typename Elem, int MT, int NT>
+DEV void mma_stage(float (&acc)[MT][NT][4], const Elem* sa, const Elem* sb, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    u32 a_frag[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row = wm * MT * 16 + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+      ldmatrix_x4(a_frag[mt], sa + row * SMEM_LD + kk + (lane / 16) * 8);
+    }
+    u32 b_frag[NT / 2][4];
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      const int row = wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8;
+      ldmatrix_x4(b_frag[np], sb + row * SMEM_LD + kk + ((lane / 8) % 2) * 8);
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        mma_16816(acc[mt][nt], a_frag[mt], b_frag[nt / 2][(nt % 2) * 2],
+                  b_frag[nt / 2][(nt % 2) * 2 + 1], (Elem*)nullptr);
+  }
+}
+
+// Epilogue. Accumulator (mt, nt, q) of this thread is tile row wm*WM + mt*16 + lane/4 + 8*(q/2),
+// tile column wn*32 + nt*8 + 2*(lane%4) + q%2; (q, q+1) for even q are adjacent columns.
+template <typename Elem, Epilogue EPI, typename OutT, int MT, int NT>
+DEV void epilogue(const float (&acc)[MT][NT][4], const Elem* __restrict__ expert_bias,
+                  const int* __restrict__ permuted_to_expanded,
+                  const float* __restrict__ topk_weights, OutT* __restrict__ out, int m_base,
+                  int n_tile, int N, int top_k, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int p = m_base + wm * WM + mt * 16 + lane / 4 + half * 8;
+      const int p = m_base + wm * MT * 16 + mt * 16 + lane / 4 + half * 8;
       const int expanded = permuted_to_expanded[p];
       if (expanded < 0) continue;
       if (EPI == Epilogue::SwiGLU) {
@@ -210,26 +181,87 @@ DEV void grouped_gemm(const Elem* __restrict__ a, const Elem* __restrict__ w,
   }
 }
 
+// The kernel: the tile's loader, the STAGES-deep cp.async ring around the MMA steps, the epilogue.
+template <typename Elem, int BM, ASource A_SRC, Epilogue EPI, typename OutT>
+DEV void grouped_gemm(const Elem* __restrict__ a, const Elem* __restrict__ w,
+                      const Elem* __restrict__ bias, const int* __restrict__ tile_expert,
+                      const int* __restrict__ permuted_to_expanded,
+                      const float* __restrict__ topk_weights, OutT* __restrict__ out, int K, int N,
+                      int top_k) {
+  constexpr int MT = BM / 2 / 16;  // warp tile: BM / 2 x 32
+  constexpr int NT = 4;
+  static_assert(MT >= 1, "BM must be a multiple of 32");
+
+  const int expert = tile_expert[blockIdx.x];
+  if (expert < 0) return;
+  const int m_base = blockIdx.x * BM;
+  const int n_tile = blockIdx.y;
+  const int warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Elem* smem_a = reinterpret_cast<Elem*>(smem_raw);
+  Elem* smem_b = smem_a + STAGES * Smem<BM>::A_STAGE;
+  const StageLoader<Elem, BM, A_SRC, EPI> loader(a, w, permuted_to_expanded, expert, m_base, n_tile,
+                                                 K, N, top_k);
+  auto stage_a = [&](int stage) { return smem_a + stage * Smem<BM>::A_STAGE; };
+  auto stage_b = [&](int stage) { return smem_b + stage * Smem<BM>::B_STAGE; };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;
+
+  const int k_tiles = (K + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < k_tiles) loader.load(stage_a(s), stage_b(s), s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread's copies)
+    __syncthreads();              // ... for every thread's; and stage kt-1 is free to refill
+    const int next = kt + STAGES - 1;
+    if (next < k_tiles) loader.load(stage_a(next % STAGES), stage_b(next % STAGES), next);
+    cp_async_commit();
+    mma_stage<Elem, MT, NT>(acc, stage_a(kt % STAGES), stage_b(kt % STAGES), wm, wn);
+  }
+  cp_async_wait<0>();
+
+  const int w_rows = EPI == Epilogue::SwiGLU ? 2 * N : N;
+  const Elem* expert_bias = bias ? bias + (i64)expert * w_rows : nullptr;
+  epilogue<Elem, EPI, OutT, MT, NT>(acc, expert_bias, permuted_to_expanded, topk_weights, out,
+                                    m_base, n_tile, N, top_k, wm, wn);
+}
+
 }  // namespace sm80
 
-// Entry points: one per (dtype, BM, variant). Launch: grid (max_tiles, n_tiles), THREADS threads,
-// Smem<BM>::BYTES dynamic shared memory. The host side (moefuse/kernels.py) mirrors these names.
-#define MOEFUSE_GEMM_ENTRY(NAME, ELEM, BM, ASRC, EPI, OUT)                                     \
-  extern "C" __global__ void __launch_bounds__(sm80::THREADS, 2)                               \
-      NAME(const ELEM* a, const ELEM* w, const ELEM* bias, const int* tile_expert,             \
-           const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N, \
-           int top_k) {                                                                        \
+// Entry points: one per (dtype, BM, variant). Launch: grid (max_tiles, N / out_cols), THREADS
+// threads, Smem<BM>::BYTES of dynamic shared memory, all published with the entry
+// (common/spec.cuh).
+#define MOEFUSE_GEMM_ENTRY(NAME, OP, ELEM, BM, ASRC, EPI, OUT, TAG, OUT_TAG)                   \
+  MOEFUSE_KERNEL(                                                                              \
+      NAME, sm80::THREADS, 2, "family=sm80 op=" #OP " elem=" #TAG " out=" #OUT_TAG,            \
+      (const ELEM* a, const ELEM* w, const ELEM* bias, const int* tile_expert,                 \
+       const int* permuted_to_expanded, const float* topk_weights, OUT* out, int K, int N,     \
+       int top_k),                                                                             \
+      {"smem_bytes", sm80::Smem<BM>::BYTES}, {"tile_m", BM},                                   \
+      {"out_cols", sm80::Epilogue::EPI == sm80::Epilogue::SwiGLU ? sm80::BN / 2 : sm80::BN}) { \
     sm80::grouped_gemm<ELEM, BM, sm80::ASource::ASRC, sm80::Epilogue::EPI, OUT>(               \
         a, w, bias, tile_expert, permuted_to_expanded, topk_weights, out, K, N, top_k);        \
   }
 
-#define MOEFUSE_GEMM_ENTRIES(TAG, ELEM, BM)                                                       \
-  MOEFUSE_GEMM_ENTRY(gemm1_swiglu_##TAG##_m##BM, ELEM, BM, GatherTokens, SwiGLU, ELEM)            \
-  MOEFUSE_GEMM_ENTRY(gemm2_store_##TAG##_m##BM, ELEM, BM, PermutedRows, Store, ELEM)              \
-  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_##TAG, ELEM, BM, PermutedRows, ScatterAdd, \
-                     ELEM)                                                                        \
-  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_f32, ELEM, BM, PermutedRows, ScatterAdd,   \
-                     float)
+#define MOEFUSE_GEMM_ENTRIES(TAG, ELEM, BM)                                                        \
+  MOEFUSE_GEMM_ENTRY(gemm1_swiglu_##TAG##_m##BM, gemm1_swiglu, ELEM, BM, GatherTokens, SwiGLU,     \
+                     ELEM, TAG, TAG)                                                               \
+  MOEFUSE_GEMM_ENTRY(gemm2_store_##TAG##_m##BM, gemm2_store, ELEM, BM, PermutedRows, Store, ELEM,  \
+                     TAG, TAG)                                                                     \
+  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_##TAG, gemm2_scatter, ELEM, BM,             \
+                     PermutedRows, ScatterAdd, ELEM, TAG, TAG)                                     \
+  MOEFUSE_GEMM_ENTRY(gemm2_scatter_##TAG##_m##BM##_out_f32, gemm2_scatter, ELEM, BM, PermutedRows, \
+                     ScatterAdd, float, TAG, f32)
 
 MOEFUSE_GEMM_ENTRIES(bf16, Bf16, 64)
 MOEFUSE_GEMM_ENTRIES(bf16, Bf16, 128)
