@@ -129,13 +129,13 @@ def load_function(spec: _spec.KernelSpec, device_id: int, arch: str):
     """The kernel on `device_id`, its module loaded once per process, device and source."""
     import cupy
 
-    key = (device_id, spec.module, _sources.source_file(spec.module), spec.name)
-    fn = _functions.get(key)
+    fn = _functions.get((device_id, spec))  # a spec object stands for one module source
     if fn is None:
+        key = (device_id, spec.module, _sources.source_file(spec.module))
         with _lock:
-            module = _loaded.get(key[:3])
+            module = _loaded.get(key)
             if module is None:
                 with cupy.cuda.Device(device_id):
-                    module = _loaded[key[:3]] = cupy.RawModule(path=str(_cubin(spec.module, arch)))
-        fn = _functions[key] = module.get_function(spec.name)
+                    module = _loaded[key] = cupy.RawModule(path=str(_cubin(spec.module, arch)))
+        fn = _functions[(device_id, spec)] = module.get_function(spec.name)
     return fn

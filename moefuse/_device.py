@@ -52,6 +52,7 @@ def arch_for(capability: tuple[int, int]) -> str:
     return f"sm_{major}{minor}{suffix}"
 
 
+@cache
 def device_arch(device_id: int) -> str:
     return arch_for(compute_capability(device_id))
 

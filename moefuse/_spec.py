@@ -63,7 +63,7 @@ def parse_params(text: str) -> tuple[Param, ...]:
     return tuple(params)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per kernel and source: hashed by identity
 class KernelSpec:
     """One entry point's contract: `spec["tile_m"]` reads a published number."""
 
@@ -72,10 +72,12 @@ class KernelSpec:
     tags: Mapping[str, str]
     ints: Mapping[str, int]
     params: tuple[Param, ...]
-    _names: frozenset = field(init=False, repr=False, compare=False)
+    _names: frozenset = field(init=False, repr=False)
+    _packers: tuple = field(init=False, repr=False)  # (name, conversion) in declared order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_names", frozenset(p.name for p in self.params))
+        object.__setattr__(self, "_packers", tuple((p.name, _CONVERTERS[p.kind]) for p in self.params))
 
     def __getitem__(self, key: str) -> int:
         try:
@@ -111,7 +113,7 @@ class KernelSpec:
         """The kernel's arguments in its declared order and C types."""
         if args.keys() != self._names:
             self.check_names(args.keys())
-        return tuple(_CONVERTERS[p.kind](args[p.name]) for p in self.params)
+        return tuple([convert(args[name]) for name, convert in self._packers])
 
 
 def _cstring(data: bytes, offset: int) -> str:

@@ -7,6 +7,8 @@ from functools import cache, lru_cache
 
 import numpy as np
 
+from ._arrays import BFLOAT16
+
 
 @cache
 def _driver():
@@ -46,9 +48,7 @@ def _encode(
 
 
 def _is_bf16(array) -> bool:
-    from ._arrays import BFLOAT16
-
-    return np.dtype(array.dtype) == BFLOAT16
+    return array.dtype == BFLOAT16
 
 
 def tile_desc(matrix, box_rows: int, box_cols: int) -> np.void:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -89,31 +90,35 @@ def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
 
 def build_plan(topk_ids, plan, rank, chunk_count) -> None:
     """Launch the plan kernels into `plan`'s arrays (they fill every entry themselves); `rank` and
-    `chunk_count` are scratch. One launch for small batches (plan_small, then plan_one_block,
-    within their published limits), else four (docs/DESIGN.md D9). Each kernel takes, by name,
-    the plan's arrays and sizes it declares."""
-    n_expanded, num_local = topk_ids.size, plan.num_local_experts
+    `chunk_count` are scratch. Each kernel takes, by name, the plan's arrays and sizes it declares."""
     ids = "i64" if topk_ids.dtype == np.int64 else "i32"
-    pool = dict(vars(plan), topk_ids=topk_ids, n_expanded=n_expanded, num_local=num_local)
+    pool = dict(vars(plan), topk_ids=topk_ids, n_expanded=topk_ids.size, num_local=plan.num_local_experts)
     pool.update(max_tiles=plan.max_tiles, capacity=plan.capacity, rank=rank, chunk_count=chunk_count)
+    arch = _device.device_arch(_device.require_gpu())
+    launches = _plan_launches(arch, overrides.current().sources, topk_ids.size, plan.num_local_experts, ids)
+    pool["num_chunks"] = launches[0][1]  # the multi-kernel plan's first grid: its chunks
+    for spec, grid, threads in launches:
+        launch(spec, (grid,), spec.take(pool), threads)
+
+
+@lru_cache(maxsize=256)
+def _plan_launches(arch: str, sources, n_expanded: int, num_local: int, ids: str) -> tuple:
+    """(kernel, grid, threads) of each plan launch: one for small batches (plan_small, then
+    plan_one_block, within their published limits), else four (docs/DESIGN.md D9)."""
     small = kernel(op="plan_small", ids=ids)
     if n_expanded <= min(small["max_entries"], PLAN_SMALL_MAX_ENTRIES):
-        launch(small, (1,), small.take(pool))
-        return
+        return ((small, 1, 0),)
     block = kernel(op="plan_one_block", ids=ids)
     if n_expanded <= block["max_entries"] and num_local <= block["max_experts"]:
-        threads = min(block.threads, max(PLAN_ONE_BLOCK_MIN_THREADS, 32 * cdiv(n_expanded, 32)))
-        launch(block, (1,), block.take(pool), threads)
-        return
-    rank_spec = kernel(op="plan_rank", ids=ids)
-    pool["num_chunks"] = num_chunks = cdiv(n_expanded, rank_spec["entries_per_block"])
-    for spec, grid in (
-        (rank_spec, num_chunks),
-        (kernel(op="plan_scan_chunks"), num_local),
-        (kernel(op="plan_expert_offsets"), 1),
-        (kernel(op="plan_scatter", ids=ids), num_chunks),
-    ):
-        launch(spec, (grid,), spec.take(pool))
+        return ((block, 1, min(block.threads, max(PLAN_ONE_BLOCK_MIN_THREADS, 32 * cdiv(n_expanded, 32)))),)
+    rank = kernel(op="plan_rank", ids=ids)
+    chunks = cdiv(n_expanded, rank["entries_per_block"])
+    return (
+        (rank, chunks, 0),
+        (kernel(op="plan_scan_chunks"), num_local, 0),
+        (kernel(op="plan_expert_offsets"), 1, 0),
+        (kernel(op="plan_scatter", ids=ids), chunks, 0),
+    )
 
 
 def plan_chunks(pairs: int) -> int:

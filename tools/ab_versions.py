@@ -12,8 +12,10 @@ before each (outside the events) and the inputs rotating over `sets` input sets,
 replays for T <= 128 (eager above, as bench.py). Medians per case over all rounds. The outputs
 must agree (relative error < 1e-2 in fp32). Prints one line per case (before ms, after ms,
 after/before), then the worst and the median ratio, and the GPU; exits 1 if outputs disagree or
-a case fails. The default grid (3 shapes x 6 token counts) should take 2 to 3 minutes of an H100
-or H200, both packages' kernel compiles included.
+a case fails. `--host-calls N` adds each package's host time per eager call (N calls back to
+back, no sync). The default grid (3 shapes x 6 token counts) took 40 s of an H100 (2026-12-06),
+both packages' kernel compiles included. Pointed at a copy of the current tree
+(prepare_before.sh HEAD), it measures the noise of the method itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import shlex
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -66,6 +69,8 @@ class Result:
     before_ms: float
     after_ms: float
     rel_err: float  # ||after - before|| / ||before|| on the first input set, fp32
+    before_host_us: float | None = None  # host time of one eager call (--host-calls)
+    after_host_us: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -85,21 +90,39 @@ def time_case(layers: dict[str, Any], shape: Shape, tokens: int, stream, flush: 
         name: forward_runner(layer, case.sets, stream, graph=graph, out=outs[name])
         for name, layer in layers.items()
     }
-    timing = Timing(reps=args.reps, warmup=2)
+    timing = Timing(reps=args.reps, warmup=2, rest=args.rest)
     samples: dict[str, list[float]] = {name: [] for name in layers}
     for _ in range(args.rounds):
         for name, (run, _) in runs.items():
             samples[name] += event_samples(run, stream, timing, n_sets=len(case.sets), flush=flush)
     mode = "/".join(dict.fromkeys(mode for _, mode in runs.values()))  # one, unless a capture failed
     median = {name: statistics.median(ms) for name, ms in samples.items()}
-    return Result(shape.name, tokens, mode, median["before"], median["after"], err)
+    host = {name: host_us(layer, case, outs[name], stream, args.host_calls) for name, layer in layers.items()}
+    return Result(
+        shape.name, tokens, mode, median["before"], median["after"], err, host["before"], host["after"]
+    )
+
+
+def host_us(layer, case, out, stream, calls: int) -> float | None:
+    """Microseconds the host spends issuing one eager forward: `calls` back to back, no sync."""
+    if not calls:
+        return None
+    with stream:
+        stream.synchronize()
+        start = time.perf_counter()
+        for i in range(calls):
+            layer(*case.sets[i % len(case.sets)], out=out)
+        elapsed = time.perf_counter() - start
+        stream.synchronize()
+    return elapsed / calls * 1e6
 
 
 def line(r: Result) -> str:
     disagree = "" if r.rel_err < MAX_REL_ERR else "  OUTPUTS DISAGREE"
+    host = "" if r.after_host_us is None else f"  host us {r.before_host_us:.0f} -> {r.after_host_us:.0f}"
     return (
         f"{r.shape:9} T={r.T:6}  {r.mode:5}  before {r.before_ms:9.4f} ms  after {r.after_ms:9.4f} ms  "
-        f"after/before {r.ratio:.3f}  rel err {r.rel_err:.1e}{disagree}"
+        f"after/before {r.ratio:.3f}  rel err {r.rel_err:.1e}{host}{disagree}"
     )
 
 
@@ -115,6 +138,9 @@ def parse_args() -> argparse.Namespace:
     add("--sets", type=int, default=4, help="input sets rotated between repetitions")
     add("--graph-max-tokens", type=int, default=128, help="CUDA-graph replays for T <= this")
     add("--seed", type=int, default=0)
+    add("--rest", type=float, default=0.5, help="idle seconds before each measurement (as bench.py)")
+    add("--after-first", action="store_true", help="build and run the current package first")
+    add("--host-calls", type=int, default=0, help="also time the host side of N eager calls per package")
     add("--json", metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args()
     try:
@@ -142,7 +168,9 @@ def main() -> int:
         flush = L2Flush(stream)
         for shape in args.shapes:
             w1, w2 = random_weights(shape, DTYPES[args.dtype])
-            layers = {"before": before.MoELayer(w1, w2), "after": moefuse.MoELayer(w1, w2)}
+            order = ("after", "before") if args.after_first else ("before", "after")
+            packages = {"before": before, "after": moefuse}
+            layers = {name: packages[name].MoELayer(w1, w2) for name in order}
             for T in args.tokens:
                 try:
                     r = time_case(layers, shape, T, stream, flush, args)
