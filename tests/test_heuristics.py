@@ -47,7 +47,7 @@ def test_large_batches_take_the_widest_tile(choose, num_tokens):
 
 def test_decode_keeps_wide_tiles_while_they_fill_the_sms_and_splits_k_where_atomics_sum(choose):
     # Mixtral T=1: 2 tiles x 112 units of 128 outputs fill the SMs: the widest tile stays (64-wide
-    # tiles, better balanced over the waves, measured 50% slower: docs/PERF.md).
+    # tiles, better balanced over the waves, measured 50% slower: docs/DESIGN.md D5).
     assert choose(2, 14336, 4096, True, False) == (256, 1)
     # DeepSeek-V3 T=1: 8 tiles x 16 = 128 units of 256 < 132 SMs: the next width down.
     assert choose(8, 2048, 7168, True, False) == (128, 1)

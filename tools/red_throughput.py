@@ -1,5 +1,5 @@
 """How fast the GPU takes 16-byte stores and reductions into global memory, by operation and by
-how much memory they cover (docs/PERF.md, change 54).
+how much memory they cover (docs/DESIGN.md D1; docs/EXPERIMENTS.md, change 54).
 
     python tools/red_throughput.py [--footprints 8,32,256] [--reps 7]
 

@@ -16,7 +16,7 @@ struct Schedule {
   DEV int count() const { return num_m * num_n * k_splits; }
   // Units sharing a K slice are walked GROUP_N n tiles at a time, n fastest inside a group, then
   // m: neighbouring CTAs share A tiles and B tiles while both are still in L2. (An expert-major
-  // order measured slower on most shapes: docs/PERF.md, change 17.)
+  // order measured slower on most shapes: docs/DESIGN.md D3.)
   DEV Unit unit(int u) const {
     const int split = u % k_splits;
     const int t = u / k_splits;

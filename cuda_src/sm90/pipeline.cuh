@@ -178,7 +178,7 @@ DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_beg
     wgmma_commit();
     after_issue(kb);
     wgmma_wait<0>();  // keeping a batch in flight (wait<1>, the stage freed a batch later)
-                      // measured no faster (docs/PERF.md)
+                      // measured no faster (docs/DESIGN.md D10)
     ring.release(lane);
   }
 }

@@ -11,7 +11,7 @@
 // holds 8 gate rows, then the 8 matching up rows. Thread (warp w, lane l) then holds the gate and
 // the up value of feature 8w + l/4 for the same tokens (SwiGLU needs no exchange). B is the
 // chunk's rows of x_perm (x in permuted order, written by permute.cu's gather_rows: gathering
-// 256 rows per stage with cp.async starved the MMAs, docs/PERF.md).
+// 256 rows per stage with cp.async starved the MMAs, docs/DESIGN.md D11).
 // GEMM2: A is BW rows of w2 (output features), B the chunk's rows of h.
 // B arrives by TMA in 32-row boxes, only as many as the chunk's rows need.
 // Epilogues as in grouped_gemm.cuh, finished in registers (bias, SwiGLU, router weight) and
