@@ -185,9 +185,8 @@ class MoELayer:
         h, x_perm, y = arrays["h"], arrays.get("x_perm"), arrays.get("y")
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where the
         # configuration says so, a memset otherwise.
-        gemm1 = GemmArrays(x if x_perm is None else x_perm, self.w1, self.b1, routing, h)
-        if config.clears_out:
-            gemm1 = GemmArrays(gemm1.a, self.w1, self.b1, routing, h, zero=out)
+        zero = out if config.clears_out else None
+        gemm1 = GemmArrays(x if x_perm is None else x_perm, self.w1, self.b1, routing, h, zero=zero)
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))

@@ -93,19 +93,8 @@ def plan_from_arrays(
     arrays,
 ) -> RoutingPlan:
     """The RoutingPlan over arrays carved from `plan_specs` (filled by `launch_plan`)."""
-    return RoutingPlan(
-        num_tokens=num_tokens,
-        top_k=top_k,
-        num_experts=num_experts,
-        first_expert=first_expert,
-        num_local_experts=num_local_experts,
-        tile_m=tile_m,
-        expert_counts=arrays["expert_counts"],
-        expert_offsets=arrays["expert_offsets"],
-        permuted_to_expanded=arrays["permuted_to_expanded"],
-        expanded_to_permuted=arrays["expanded_to_permuted"],
-        tile_expert=arrays["tile_expert"],
-    )
+    views = {name: view for name, view in arrays.items() if name in RoutingPlan.__dataclass_fields__}
+    return RoutingPlan(num_tokens, top_k, num_experts, first_expert, num_local_experts, tile_m, **views)
 
 
 def launch_plan(topk_ids, plan: RoutingPlan, arrays) -> None:
