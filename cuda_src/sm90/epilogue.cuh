@@ -24,9 +24,8 @@ DEV float finish_linear(float acc, float bias, float scale) {
   }
 }
 
-// ---- (2) staging
-// ---------------------------------------------------------------------------------- Two finished
-// values of consecutive output columns, converted, at `dst`.
+// ---- (2) staging -------------------------------------------------------------------------------
+// Two finished values of consecutive output columns, converted, at `dst`.
 template <typename OutT>
 DEV void stage_pair(unsigned char* dst, float v0, float v1) {
   if constexpr (sizeof(OutT) == 2) {
@@ -75,8 +74,7 @@ struct StagedPass {
   static_assert(ROW_BYTES % VEC_BYTES == 0 && ROWS % ROWS_PER_STEP == 0, "whole write-out steps");
 };
 
-// ---- (3) the 16-byte write-out
-// --------------------------------------------------------------------
+// ---- (3) the 16-byte write-out -----------------------------------------------------------------
 template <bool REDUCE, typename OutT>
 DEV void write_vec16(OutT* dst, const Vec16& v) {
   if constexpr (REDUCE) {
