@@ -1,6 +1,6 @@
 """Benchmark moefuse's MoE expert layer against the GPU's ceilings and two baselines.
 
-Method (DESIGN.md section 7): FLOPs = 2*T*k*H*2I + 2*T*k*I*H; bytes = weights of the experts hit
+Method (the shared DESIGN.md, section 7): FLOPs = 2*T*k*H*2I + 2*T*k*I*H; bytes = weights of the experts hit
 (3*H*I elements each) + x + out. The ceilings (a cuBLAS 8192^3 matmul through CuPy, a 1 GiB
 device-to-device copy counting read + write) are measured in the same run; a case's floor is
 max(FLOPs / matmul ceiling, bytes / copy ceiling) and "%floor" = floor / measured time.

@@ -28,10 +28,10 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "moefuse"
 
 
-def cache_key(module: str, arch: str, root: Path) -> str:
+def cache_key(module: str, arch: str, root: Path, source: str | None = None) -> str:
     parts = [
         module,
-        _sources.source_file(module),
+        source or _sources.source_file(module),
         _sources.source_digest(root),
         arch,
         _nvrtc.nvrtc_version(),
@@ -40,8 +40,8 @@ def cache_key(module: str, arch: str, root: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def cubin_path(module: str, arch: str, root: Path, directory: Path) -> Path:
-    return directory / f"{module}-{arch}-{cache_key(module, arch, root)[:24]}.cubin"
+def cubin_path(module: str, arch: str, root: Path, directory: Path, source: str | None = None) -> Path:
+    return directory / f"{module}-{arch}-{cache_key(module, arch, root, source)[:24]}.cubin"
 
 
 def publish(path: Path, data: bytes) -> None:
@@ -63,14 +63,16 @@ def compile_module(
     root: Path | None = None,
     directory: Path | None = None,
     force: bool = False,
+    source: str | None = None,
 ) -> tuple[Path, _nvrtc.CompileResult | None]:
-    """Path of the module's cubin for `arch`, compiling and publishing it unless cached (or
-    `force`). Returns the compile result too when this call compiled (None on a cache hit)."""
-    root = root or _sources.source_root()
-    path = cubin_path(module, arch, root, directory or cache_dir())
+    """Path of the module's cubin for `arch` (from `source`, default: the module's source now),
+    compiling and publishing it unless cached (or `force`). Returns the compile result too when
+    this call compiled (None on a cache hit)."""
+    root, source = root or _sources.source_root(), source or _sources.source_file(module)
+    path = cubin_path(module, arch, root, directory or cache_dir(), source)
     if path.is_file() and not force:
         return path, None
-    result = _nvrtc.compile_cubin(root / _sources.source_file(module), arch, include_dir=root)
+    result = _nvrtc.compile_cubin(root / source, arch, include_dir=root)
     publish(path, result.cubin)
     return path, result
 
@@ -101,21 +103,25 @@ _specs: dict[tuple, dict[str, _spec.KernelSpec]] = {}
 _lock = threading.Lock()
 
 
-def _cubin(module: str, arch: str) -> Path:
-    """The module's cubin for `arch` in the cache, compiling every missing module first."""
-    root = _sources.source_root()
-    if not cubin_path(module, arch, root, cache_dir()).is_file():
+def _cubin(module: str, arch: str, source: str) -> Path:
+    """The module's cubin for `arch` from `source` in the cache, compiling every missing module
+    first."""
+    if not cubin_path(module, arch, _sources.source_root(), cache_dir(), source).is_file():
         compile_missing(arch)
-    return compile_module(module, arch)[0]
+    return compile_module(module, arch, source=source)[0]
 
 
 def module_specs(module: str, arch: str) -> dict[str, _spec.KernelSpec]:
-    """The launch contracts the module's cubin publishes, read once per source and arch."""
+    """The launch contracts the module's cubin publishes, read once per source and arch (one
+    KernelSpec object per kernel and source: the memos below key on it)."""
     key = (module, _sources.source_file(module), arch)
     specs = _specs.get(key)
     if specs is None:
         with _lock:
-            specs = _specs[key] = _spec.read_specs(_cubin(module, arch).read_bytes(), module)
+            specs = _specs.get(key)
+            if specs is None:
+                cubin = _cubin(module, arch, key[1]).read_bytes()
+                specs = _specs[key] = _spec.read_specs(cubin, module, key[1])
     return specs
 
 
@@ -131,11 +137,12 @@ def load_function(spec: _spec.KernelSpec, device_id: int, arch: str):
 
     fn = _functions.get((device_id, spec))  # a spec object stands for one module source
     if fn is None:
-        key = (device_id, spec.module, _sources.source_file(spec.module))
+        key = (device_id, spec.module, spec.source)
         with _lock:
             module = _loaded.get(key)
             if module is None:
                 with cupy.cuda.Device(device_id):
-                    module = _loaded[key] = cupy.RawModule(path=str(_cubin(spec.module, arch)))
+                    path = _cubin(spec.module, arch, spec.source)
+                    module = _loaded[key] = cupy.RawModule(path=str(path))
         fn = _functions[(device_id, spec)] = module.get_function(spec.name)
     return fn

@@ -6,6 +6,8 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
+from . import overrides
+
 # Module name -> source file under the source root. One cubin per (module, architecture).
 MODULES: dict[str, str] = {
     "routing": "routing.cu",
@@ -32,9 +34,7 @@ MODULE_ARCHS: dict[str, tuple[str, ...]] = {
 def source_file(module: str) -> str:
     """The module's source under the source root: its own, or a variant `moefuse.override`
     names (tools that time a kernel variant)."""
-    from .overrides import current
-
-    return current().source(module) or MODULES[module]
+    return overrides.current().source(module) or MODULES[module]
 
 
 def modules_for(arch: str) -> list[str]:

@@ -68,6 +68,7 @@ class KernelSpec:
     """One entry point's contract: `spec["tile_m"]` reads a published number."""
 
     module: str
+    source: str  # the module's source file the cubin was built from
     name: str
     tags: Mapping[str, str]
     ints: Mapping[str, int]
@@ -140,7 +141,7 @@ def _symbols(cubin: bytes) -> dict[str, tuple[int, bytes]]:
     return symbols
 
 
-def read_specs(cubin: bytes, module: str) -> dict[str, KernelSpec]:
+def read_specs(cubin: bytes, module: str, source: str = "") -> dict[str, KernelSpec]:
     """Every published entry point of a cubin, by kernel name."""
     symbols = _symbols(cubin)
     specs = {}
@@ -160,14 +161,5 @@ def read_specs(cubin: bytes, module: str) -> dict[str, KernelSpec]:
             ints[key.rstrip(b"\0").decode()] = value
         tags = dict(word.split("=", 1) for word in _cstring(tags_data, 0).split())
         params = parse_params(_cstring(params_data, 0))
-        specs[name] = KernelSpec(module, name, MappingProxyType(tags), MappingProxyType(ints), params)
+        specs[name] = KernelSpec(module, source, name, MappingProxyType(tags), MappingProxyType(ints), params)
     return specs
-
-
-def find(specs, **tags) -> KernelSpec:
-    """The one spec among `specs` whose tags and numbers match."""
-    found = [spec for spec in specs if spec.matches(tags)]
-    if len(found) != 1:
-        names = sorted(spec.name for spec in found)
-        raise SpecError(f"{len(found)} kernels match {tags}, want exactly one: {names}")
-    return found[0]

@@ -22,6 +22,7 @@ from .kernels import Launch, cdiv, kernel
 from .plan import plan_capacity
 
 BACKEND_ENV = "MOEFUSE_BACKEND"
+GEOMETRIES = ("narrow", "wide")  # the swapped kernels' tile geometries
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ class CallKind:
 class ForwardConfig:
     """Every kernel choice of one call kind."""
 
-    backend: str
     fused: bool  # GEMM2 reduces into the output
     tile_m: int  # the plan's padding unit (and the row-major kernels' M tile)
     permutes_x: bool  # GEMM1 reads x in permuted order, which a gather pass writes first
@@ -69,20 +69,34 @@ class _Backend:
 
     name = family = ""
 
-    def tile_ms(self, elem: str) -> tuple[int, int]:
+    def tile_ms(self) -> tuple[int, int]:
         """(small, large) M tiles of the backend's row-major kernels."""
-        found = sorted(
-            {s["tile_m"] for s in kernels.catalog() if s.matches({"family": self.family, "elem": elem})}
-        )
+        found = sorted({s["tile_m"] for s in kernels.select(family=self.family)})
         return found[0], found[-1]
 
-    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int, elem: str) -> int:
-        tile_ms, forced = self.tile_ms(elem), overrides.current().tile_m
+    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
+        tile_ms, forced = self.tile_ms(), overrides.current().tile_m
         if forced is None:
             return self.choose_tile_m(num_tokens, top_k, num_local_experts, tile_ms)
         if forced not in tile_ms:
             raise ValueError(f"tile_m must be one of {tile_ms} or None, got {forced}")
         return forced
+
+    def configure(self, kind: CallKind, tile_m: int | None = None) -> ForwardConfig:
+        """Every kernel choice of a call kind (memoized: a configuration is immutable)."""
+        device_id = _device.require_gpu()
+        key = (self.name, kind, tile_m, overrides.current(), device_id)
+        config = _configs.get(key)
+        if config is None:
+            if len(_configs) >= MAX_CONFIGS:
+                _configs.clear()
+            tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts)
+            config = _configs[key] = self._configure(kind, tile_m)
+        return config
+
+
+MAX_CONFIGS = 4096  # call kinds whose configuration is kept (fused_moe builds a layer per call)
+_configs: dict[tuple, ForwardConfig] = {}
 
 
 def _fixed(kind: CallKind, k: int, n: int, **more) -> dict:
@@ -105,12 +119,11 @@ class Sm80(_Backend):
         max_tiles = plan_capacity(kind.num_tokens, kind.top_k, kind.num_local_experts, tile_m).tiles
         return Launch(spec, (max_tiles, cdiv(n, spec["out_cols"])), {"K": k, "N": n, "top_k": kind.top_k})
 
-    def configure(self, kind: CallKind, tile_m: int | None = None) -> ForwardConfig:
-        tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts, kind.elem)
+    def _configure(self, kind: CallKind, tile_m: int) -> ForwardConfig:
         op2, out2 = _gemm2_op(kind)
         gemm1 = self._launch(kind, tile_m, "gemm1_swiglu", kind.elem, kind.hidden, kind.inter)
         gemm2 = self._launch(kind, tile_m, op2, out2, kind.inter, kind.hidden)
-        return ForwardConfig(self.name, kind.fused, tile_m, False, False, (gemm1,), (gemm2,))
+        return ForwardConfig(kind.fused, tile_m, False, False, (gemm1,), (gemm2,))
 
     @staticmethod
     def arrays(spec, g: GemmArrays, tma=_tma) -> dict:
@@ -129,30 +142,16 @@ class Sm90(_Backend):
 
     @staticmethod
     def _swapped_geometries(kind: CallKind) -> list[tuple[str, int]]:
-        """(geometry, busiest-expert guard) of each swapped launch, or [] for the row-major
-        kernels. One unguarded launch (0), or, where the wide tiles hold for balanced routing
-        only, the wide ones while no expert has more than the limit's rows and the narrow ones
-        otherwise (each CTA reads the plan's counts; the other kernel returns at once)."""
+        """heuristics.swapped_launches with the swapped kernels' published numbers."""
+        narrow, wide = (
+            kernel(family="swapped", geometry=g, op="gemm2_store", elem=kind.elem) for g in GEOMETRIES
+        )
+        numbers = dict(
+            max_experts=narrow["max_experts"], narrow_rows=narrow["max_rows"], wide_rows=wide["max_rows"]
+        )
         forced = overrides.current()
-        spec = kernel(family="swapped", geometry="narrow", op="gemm2_store", elem=kind.elem)
-        if forced.family is None:
-            rows = (kind.num_tokens, kind.top_k, kind.num_local_experts)
-            fits = kind.num_local_experts <= spec["max_experts"]
-            if not (fits and heuristics.choose_sm90_swapped(*rows, kind.inter)):
-                return []
-            wide = kernel(family="swapped", geometry="wide", op="gemm2_store", elem=kind.elem)
-            geometry = heuristics.choose_sm90_swapped_tiles(*rows, spec["max_rows"], wide["max_rows"])
-            limit = heuristics.wide_tiles_busiest_limit(*rows) if geometry == "wide" else None
-        elif forced.family == "rows":
-            return []
-        else:
-            if kind.num_local_experts > spec["max_experts"]:
-                raise ValueError(f"the swapped kernels take at most {spec['max_experts']} local experts")
-            geometry = "wide" if forced.family == "wide" else "narrow"
-            limit = forced.busiest_limit
-        if limit is None:
-            return [(geometry, 0)]
-        return [("wide", limit), ("narrow", -limit)]
+        rows = (kind.num_tokens, kind.top_k, kind.num_local_experts, kind.inter)
+        return heuristics.swapped_launches(*rows, numbers, forced.family, forced.busiest_limit)
 
     @staticmethod
     def _swapped(kind: CallKind, geometry: str, guard: int, op: str, out: str, k: int, n: int) -> Launch:
@@ -169,9 +168,7 @@ class Sm90(_Backend):
         forced_n = overrides.current().tile_n
         if forced_n is not None:
             tags["tile_n"] = forced_n
-        specs = sorted(
-            (s for s in kernels.catalog() if s.matches(tags)), key=lambda s: s["out_cols"], reverse=True
-        )
+        specs = sorted(kernels.select(**tags), key=lambda s: s["out_cols"], reverse=True)
         if not specs:
             raise ValueError(f"no Hopper row-major kernel has {tags}")
         max_tiles = plan_capacity(kind.num_tokens, kind.top_k, kind.num_local_experts, tile_m).tiles
@@ -184,8 +181,7 @@ class Sm90(_Backend):
             spec, (min(max_tiles * cdiv(n, cols) * splits, _sms()),), _fixed(kind, k, n, k_splits=splits)
         )
 
-    def configure(self, kind: CallKind, tile_m: int | None = None) -> ForwardConfig:
-        tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts, kind.elem)
+    def _configure(self, kind: CallKind, tile_m: int) -> ForwardConfig:
         op2, out2 = _gemm2_op(kind)
         swapped = self._swapped_geometries(kind)
         if swapped:
@@ -196,7 +192,7 @@ class Sm90(_Backend):
             out_bytes = 4 if kind.out == "f32" else 2
             splits = heuristics.max_scatter_splits(kind.top_k, out_bytes) if kind.fused else 1
             gemm2 = (self._rows(kind, tile_m, op2, out2, kind.inter, kind.hidden, splits),)
-        return ForwardConfig(self.name, kind.fused, tile_m, bool(swapped), kind.fused, gemm1, gemm2)
+        return ForwardConfig(kind.fused, tile_m, bool(swapped), kind.fused, gemm1, gemm2)
 
     @staticmethod
     def arrays(spec, g: GemmArrays, tma=_tma) -> dict:

@@ -97,6 +97,40 @@ def wide_tiles_busiest_limit(num_tokens: int, top_k: int, num_local_experts: int
     return int(SWAPPED_WIDE_MAX_IMBALANCE * rows)
 
 
+def swapped_launches(
+    num_tokens: int,
+    top_k: int,
+    num_local_experts: int,
+    inter: int,
+    kernels: dict[str, int],
+    family: str | None = None,
+    busiest_limit: int | None = None,
+) -> list[tuple[str, int]]:
+    """(geometry, busiest-expert guard) of each swapped launch of a Hopper GEMM, or [] for the
+    row-major kernels. `kernels`: the swapped kernels' `max_experts` and each geometry's chunk
+    rows, `narrow_rows` and `wide_rows`. `family` / `busiest_limit`: forced by moefuse.override.
+
+    One unguarded launch (guard 0), or, where the wide tiles hold for balanced routing only, the
+    wide ones while no expert has more than the limit's rows (guard +limit) and the narrow ones
+    otherwise (-limit): each CTA reads the plan's counts, and the other kernel returns at once."""
+    rows = (num_tokens, top_k, num_local_experts)
+    fits = num_local_experts <= kernels["max_experts"]
+    if family is None:
+        if not (fits and choose_sm90_swapped(*rows, inter)):
+            return []
+        geometry = choose_sm90_swapped_tiles(*rows, kernels["narrow_rows"], kernels["wide_rows"])
+        busiest_limit = wide_tiles_busiest_limit(*rows) if geometry == "wide" else None
+    elif family == "rows":
+        return []
+    elif not fits:
+        raise ValueError(f"the swapped kernels take at most {kernels['max_experts']} local experts")
+    else:
+        geometry = "wide" if family == "wide" else "narrow"
+    if busiest_limit is None:
+        return [(geometry, 0)]
+    return [("wide", busiest_limit), ("narrow", -busiest_limit)]
+
+
 def max_expert_chunks(pairs: int, num_local_experts: int, max_rows: int) -> int:
     """Most chunks of at most `max_rows` rows that `pairs` routed rows make: at most
     min(E_local, pairs) experts are hit, and sum_e ceil(c_e / m) <= (pairs + hit * (m - 1)) / m."""

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import _cache, _device, overrides
-from ._spec import KernelSpec, find
+from ._spec import KernelSpec, SpecError
 
 # Host choices among the plan kernels, measured (docs/DESIGN.md D9): plan_small up to this many
 # entries, plan_one_block (at least PLAN_ONE_BLOCK_MIN_THREADS) up to its published limits.
@@ -33,24 +33,27 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def catalog() -> tuple[KernelSpec, ...]:
-    """Every kernel built for the current GPU."""
-    device_id = _device.require_gpu()
-    return _cache.catalog(_device.device_arch(device_id))
+_selected: dict[tuple, tuple[KernelSpec, ...]] = {}
 
 
-_found: dict[tuple, KernelSpec] = {}
-
-
-def kernel(**tags) -> KernelSpec:
-    """The current GPU's one kernel with these tags (and published numbers), looked up once per
+def select(**tags) -> tuple[KernelSpec, ...]:
+    """The current GPU's kernels with these tags (and published numbers), looked up once per
     architecture and kernel sources (every forward launches a few)."""
     arch = _device.device_arch(_device.require_gpu())
     key = (arch, overrides.current().sources, *sorted(tags.items()))
-    spec = _found.get(key)
-    if spec is None:
-        spec = _found[key] = find(_cache.catalog(arch), **tags)
-    return spec
+    found = _selected.get(key)
+    if found is None:
+        found = _selected[key] = tuple(spec for spec in _cache.catalog(arch) if spec.matches(tags))
+    return found
+
+
+def kernel(**tags) -> KernelSpec:
+    """The current GPU's one kernel with these tags."""
+    found = select(**tags)
+    if len(found) != 1:
+        names = sorted(spec.name for spec in found)
+        raise SpecError(f"{len(found)} kernels match {tags}, want exactly one: {names}")
+    return found[0]
 
 
 _dynamic_smem_limit: dict[object, int] = {}  # per kernel: the limit launch() has set
@@ -95,25 +98,30 @@ def build_plan(topk_ids, plan, rank, chunk_count) -> None:
     pool = dict(vars(plan), topk_ids=topk_ids, n_expanded=topk_ids.size, num_local=plan.num_local_experts)
     pool.update(max_tiles=plan.max_tiles, capacity=plan.capacity, rank=rank, chunk_count=chunk_count)
     arch = _device.device_arch(_device.require_gpu())
-    launches = _plan_launches(arch, overrides.current().sources, topk_ids.size, plan.num_local_experts, ids)
-    pool["num_chunks"] = launches[0][1]  # the multi-kernel plan's first grid: its chunks
+    chunks, launches = _plan_launches(
+        arch, overrides.current().sources, topk_ids.size, plan.num_local_experts, ids
+    )
+    pool["num_chunks"] = chunks
     for spec, grid, threads in launches:
         launch(spec, (grid,), spec.take(pool), threads)
 
 
 @lru_cache(maxsize=256)
 def _plan_launches(arch: str, sources, n_expanded: int, num_local: int, ids: str) -> tuple:
-    """(kernel, grid, threads) of each plan launch: one for small batches (plan_small, then
-    plan_one_block, within their published limits), else four (docs/DESIGN.md D9)."""
+    """(chunks, ((kernel, grid, threads), ...)) of the plan launches: one for small batches
+    (plan_small, then plan_one_block, within their published limits), else four over `chunks`
+    blocks of entries (docs/DESIGN.md D9)."""
     small = kernel(op="plan_small", ids=ids)
     if n_expanded <= min(small["max_entries"], PLAN_SMALL_MAX_ENTRIES):
-        return ((small, 1, 0),)
+        return 0, ((small, 1, 0),)
     block = kernel(op="plan_one_block", ids=ids)
     if n_expanded <= block["max_entries"] and num_local <= block["max_experts"]:
-        return ((block, 1, min(block.threads, max(PLAN_ONE_BLOCK_MIN_THREADS, 32 * cdiv(n_expanded, 32)))),)
+        return 0, (
+            (block, 1, min(block.threads, max(PLAN_ONE_BLOCK_MIN_THREADS, 32 * cdiv(n_expanded, 32)))),
+        )
     rank = kernel(op="plan_rank", ids=ids)
     chunks = cdiv(n_expanded, rank["entries_per_block"])
-    return (
+    return chunks, (
         (rank, chunks, 0),
         (kernel(op="plan_scan_chunks"), num_local, 0),
         (kernel(op="plan_expert_offsets"), 1, 0),

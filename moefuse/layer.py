@@ -73,16 +73,17 @@ class MoELayer:
 
     def _configure(self, backend, num_tokens: int, top_k: int, fused: bool, out_dtype) -> ForwardConfig:
         d, tag = self.dims, kernels.dtype_tag
-        kind = (
-            num_tokens,
-            top_k,
-            d.num_local_experts,
-            d.hidden,
-            d.intermediate,
-            tag(d.dtype),
-            tag(out_dtype),
+        kind = CallKind(
+            num_tokens=num_tokens,
+            top_k=top_k,
+            num_local_experts=d.num_local_experts,
+            hidden=d.hidden,
+            inter=d.intermediate,
+            elem=tag(d.dtype),
+            out=tag(out_dtype),
+            fused=fused,
         )
-        return backend.configure(CallKind(*kind, fused))
+        return backend.configure(kind)
 
     def _workspace_specs(
         self, num_tokens: int, top_k: int, config: ForwardConfig, convert_weights: bool

@@ -52,9 +52,9 @@ def plan(
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     num_local = _validate.check_expert_range(num_experts, first_expert, num_local_experts)
     backend = backends.for_device(require_gpu())
-    _validate.check_tile_m(tile_m, backend.tile_ms("bf16"))
+    _validate.check_tile_m(tile_m, backend.tile_ms())
     if tile_m is None:
-        tile_m = backend.tile_m(num_tokens, top_k, num_local, "bf16")
+        tile_m = backend.tile_m(num_tokens, top_k, num_local)
     _validate.check_plan_fits(num_tokens, top_k, num_local, tile_m)
     arrays = Workspace().carve(plan_specs(num_tokens, top_k, num_local, tile_m))
     routing = plan_from_arrays(num_tokens, top_k, num_experts, first_expert, num_local, tile_m, arrays)

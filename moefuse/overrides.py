@@ -47,6 +47,8 @@ def _check(backend, family, busiest_limit) -> None:
         raise ValueError(f"family must be one of {FAMILIES} or None, got {family!r}")
     if busiest_limit is not None and family != "wide":
         raise ValueError("busiest_limit guards the wide swapped tiles: pass it with family='wide'")
+    if busiest_limit is not None and (isinstance(busiest_limit, bool) or not busiest_limit >= 1):
+        raise ValueError(f"busiest_limit must be a positive number of rows, got {busiest_limit!r}")
 
 
 @contextmanager
@@ -59,8 +61,11 @@ def override(
     busiest_limit: int | None = None,
     sources: Mapping[str, str] | None = None,
 ) -> Iterator[Overrides]:
-    """Force parts of the kernel choice inside the block (fields left None keep the enclosing
-    choice). A forced tile or family the kernels do not have raises when a call configures."""
+    """Force parts of the kernel choice inside the block. Fields left None keep the enclosing
+    choice, except `busiest_limit`, which belongs to the family it is given with: a new family
+    without one runs unguarded. Sources add to the enclosing ones. A forced tile or family the
+    kernels do not have raises when a call configures; the portable (sm80) backend has one
+    family and one BN, so `family` and `tile_n` do not apply to it."""
     _check(backend, family, busiest_limit)
     given = {"backend": backend, "family": family, "tile_m": tile_m, "tile_n": tile_n}
     outer = current()

@@ -8,7 +8,8 @@ import re
 from contextlib import AbstractContextManager
 from typing import Any
 
-FAMILIES = ("rows", "swapped", "wide")  # row-major tiles; swapped operands, narrow or wide tiles
+from moefuse.overrides import FAMILIES  # row-major tiles; swapped operands, narrow or wide tiles
+
 VARIANTS_HELP = "rows, swapped, wide, or the row-major M tile m64 / m128 with an optional BN: m128n128"
 
 

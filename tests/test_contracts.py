@@ -119,7 +119,8 @@ def test_parameter_lists_parse_into_host_conversions():
 
 
 def test_packing_is_by_name_and_fails_loudly():
-    spec = _spec.KernelSpec("m", "k", {}, {"threads": 32}, _spec.parse_params("(int* out, int n, i64 b)"))
+    params = _spec.parse_params("(int* out, int n, i64 b)")
+    spec = _spec.KernelSpec("m", "m.cu", "k", {}, {"threads": 32}, params)
     assert spec.pack({"n": 3, "b": 5, "out": None}) == (_spec.NULL, np.int32(3), np.int64(5))
     assert isinstance(spec.pack({"n": 3, "b": 5, "out": None})[2], np.int64)
     with pytest.raises(_spec.SpecError, match=r"missing \['b'\], unknown \['c'\]"):

@@ -197,3 +197,33 @@ def test_swapped_kernels_where_the_padding_they_save_outweighs_the_gather(
     num_tokens, top_k, experts, inter, swapped
 ):
     assert heuristics.choose_sm90_swapped(num_tokens, top_k, experts, inter) == swapped
+
+
+NUMBERS = {"max_experts": 512, "narrow_rows": NARROW_ROWS, "wide_rows": WIDE_ROWS}
+
+
+def test_swapped_launches_pair_the_guarded_geometries():
+    def launches(num_tokens, top_k, experts, inter=2048, **forced):
+        return heuristics.swapped_launches(num_tokens, top_k, experts, inter, NUMBERS, **forced)
+
+    assert launches(4096, 8, 256) == [("narrow", 0)]  # DeepSeek-V3 T=4096: 128 rows per expert
+    assert launches(8192, 8, 256) == [("wide", 512), ("narrow", -512)]  # 256: wide, guarded
+    assert launches(16384, 2, 8) == [("wide", 0)]  # 4096 rows per expert: wide whatever the routing
+    assert launches(1024, 8, 256) == []  # 32 rows per expert: the row-major kernels
+    assert launches(1024, 8, 256, family="swapped") == [("narrow", 0)]
+    assert launches(4096, 8, 256, family="wide") == [("wide", 0)]
+    assert launches(4096, 8, 256, family="wide", busiest_limit=100) == [("wide", 100), ("narrow", -100)]
+    assert launches(16384, 2, 8, family="rows") == []
+
+
+def test_swapped_kernels_need_the_expert_tables_to_fit():
+    experts = NUMBERS["max_experts"] + 1
+    assert heuristics.choose_sm90_swapped(128 * experts, 1, experts, 14336)
+    assert heuristics.swapped_launches(128 * experts, 1, experts, 14336, NUMBERS) == []
+    with pytest.raises(ValueError, match="at most 512 local experts"):
+        heuristics.swapped_launches(128 * experts, 1, experts, 14336, NUMBERS, family="swapped")
+
+
+def test_swapped_numbers_are_the_kernels(specs):
+    narrow = [s for s in specs["sm_90a"] if s.tags.get("geometry") == "narrow"]
+    assert {s["max_experts"] for s in narrow} == {NUMBERS["max_experts"]}

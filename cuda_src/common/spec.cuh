@@ -14,7 +14,7 @@ struct SpecInt {
 // Declares entry point NAME with __launch_bounds__(THREADS, MIN_BLOCKS), parameter list PARAMS (a
 // parenthesised list) and the published contract; the kernel body follows the macro. TAGS is a
 // string of space-separated key=value words; the variadic arguments are further SpecInt entries,
-// e.g. {"smem_bytes", Layout::BYTES}. "threads" is published from THREADS.
+// e.g. {"smem_bytes", Config::SMEM_BYTES}. "threads" is published from THREADS.
 #define MOEFUSE_KERNEL(NAME, THREADS, MIN_BLOCKS, TAGS, PARAMS, ...)                  \
   extern "C" __device__ const char NAME##__moefuse_tags[] = TAGS;                     \
   extern "C" __device__ const char NAME##__moefuse_params[] = #PARAMS;                \
