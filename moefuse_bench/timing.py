@@ -102,6 +102,19 @@ def event_samples(
     return [cp.cuda.get_elapsed_time(s, e) for s, e in events]
 
 
+def host_seconds(fn: Callable[[int], object], stream: cp.cuda.Stream, calls: int) -> float:
+    """Seconds the host spends per call of fn(i), `calls` of them back to back with no sync in
+    between (the GPU may still be running them): an eager forward's host time."""
+    with stream:
+        stream.synchronize()
+        start = time.perf_counter()
+        for i in range(calls):
+            fn(i)
+        elapsed = time.perf_counter() - start
+        stream.synchronize()
+    return elapsed / calls
+
+
 def median_ms(fn: Callable[[int], object], stream: cp.cuda.Stream, timing: Timing, **kwargs: Any) -> float:
     """The median of `event_samples` (n_sets, flush: the same)."""
     return statistics.median(event_samples(fn, stream, timing, **kwargs))

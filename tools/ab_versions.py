@@ -26,7 +26,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +38,7 @@ from moefuse_bench.device import free_pools, short
 from moefuse_bench.dtypes import rel_err
 from moefuse_bench.problems import DTYPES, make_case, random_weights
 from moefuse_bench.shapes import NAMES_HELP, SHAPES, Shape, parse_shapes, parse_tokens
-from moefuse_bench.timing import L2Flush, Timing, event_samples, forward_runner
+from moefuse_bench.timing import L2Flush, Timing, event_samples, forward_runner, host_seconds
 
 MAX_REL_ERR = 1e-2
 
@@ -107,14 +106,7 @@ def host_us(layer, case, out, stream, calls: int) -> float | None:
     """Microseconds the host spends issuing one eager forward: `calls` back to back, no sync."""
     if not calls:
         return None
-    with stream:
-        stream.synchronize()
-        start = time.perf_counter()
-        for i in range(calls):
-            layer(*case.sets[i % len(case.sets)], out=out)
-        elapsed = time.perf_counter() - start
-        stream.synchronize()
-    return elapsed / calls * 1e6
+    return host_seconds(lambda i: layer(*case.sets[i % len(case.sets)], out=out), stream, calls) * 1e6
 
 
 def line(r: Result) -> str:

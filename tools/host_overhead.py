@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-import time
 
 import cupy as cp
 
 from moefuse_bench.problems import random_problem
 from moefuse_bench.shapes import tool_parser
-from moefuse_bench.timing import Timing, capture, median_ms, warm_up
+from moefuse_bench.timing import Timing, capture, host_seconds, median_ms, warm_up
 
 
 def main() -> None:
@@ -36,10 +35,7 @@ def main() -> None:
 
     with stream:
         warm_up(forward, stream, 10)
-        start = time.perf_counter()
-        for _ in range(args.calls):
-            forward()
-        host = (time.perf_counter() - start) / args.calls
+        host = host_seconds(forward, stream, args.calls)
         graph = capture(stream, forward)
         gpu = median_ms(lambda _: graph.launch(stream), stream, Timing(reps=args.calls, warmup=1)) / 1e3
         print(f"{args.shape.name} T={args.tokens}: host {host * 1e6:.1f} us per call, GPU {gpu * 1e6:.1f} us")
