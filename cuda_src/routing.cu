@@ -302,23 +302,24 @@ MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i64, i64)
 
 // One warp per token: softmax over E logits, then the k largest (ties to the lower expert id),
 // found one at a time as the largest key strictly below the previous pick. O(k * E / 32) per warp.
-// NaN logits give an unspecified choice.
-MOEFUSE_KERNEL(topk_softmax, TOPK_WARPS * 32, 1, "op=topk_softmax",
-               (const float* __restrict__ logits, int num_tokens, int num_experts, int k,
-                int renormalize, float* __restrict__ topk_weights, int* __restrict__ topk_ids),
-               {"tokens_per_block", TOPK_WARPS}) {
+// NaN logits give an unspecified choice. Logits are read in their own type (fp32, bf16 or fp16),
+// so routing a model's bf16 logits needs no converted copy (nor a temporary under graph capture).
+template <typename Logit>
+DEV void topk_softmax(const Logit* __restrict__ logits, int num_tokens, int num_experts, int k,
+                      int renormalize, float* __restrict__ topk_weights,
+                      int* __restrict__ topk_ids) {
   const int lane = threadIdx.x % 32;
   const int t = blockIdx.x * TOPK_WARPS + threadIdx.x / 32;
   if (t >= num_tokens) return;
-  const float* row = logits + (i64)t * num_experts;
+  const Logit* row = logits + (i64)t * num_experts;
 
   float row_max = -positive_inf();
-  for (int e = lane; e < num_experts; e += 32) row_max = fmaxf(row_max, row[e]);
+  for (int e = lane; e < num_experts; e += 32) row_max = fmaxf(row_max, to_float(row[e]));
 #pragma unroll
   for (int d = 16; d > 0; d /= 2)
     row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, d));
   float denom = 0.0f;
-  for (int e = lane; e < num_experts; e += 32) denom += __expf(row[e] - row_max);
+  for (int e = lane; e < num_experts; e += 32) denom += __expf(to_float(row[e]) - row_max);
 #pragma unroll
   for (int d = 16; d > 0; d /= 2) denom += __shfl_xor_sync(0xffffffffu, denom, d);
 
@@ -330,7 +331,7 @@ MOEFUSE_KERNEL(topk_softmax, TOPK_WARPS * 32, 1, "op=topk_softmax",
     float best = -positive_inf();
     int best_id = num_experts;
     for (int e = lane; e < num_experts; e += 32) {
-      const float v = row[e];
+      const float v = to_float(row[e]);
       const bool below_prev = v < prev_value || (v == prev_value && e > prev_id);
       if (below_prev && (v > best || (v == best && e < best_id))) {
         best = v;
@@ -359,3 +360,14 @@ MOEFUSE_KERNEL(topk_softmax, TOPK_WARPS * 32, 1, "op=topk_softmax",
   __syncwarp();
   for (int j = lane; j < k; j += 32) weights_out[j] /= picked_sum;
 }
+
+#define MOEFUSE_TOPK_ENTRY(NAME, LOGIT, TAG)                                                    \
+  MOEFUSE_KERNEL(NAME, TOPK_WARPS * 32, 1, "op=topk_softmax logits=" #TAG,                      \
+                 (const LOGIT* logits, int num_tokens, int num_experts, int k, int renormalize, \
+                  float* topk_weights, int* topk_ids),                                          \
+                 {"tokens_per_block", TOPK_WARPS}) {                                            \
+    topk_softmax(logits, num_tokens, num_experts, k, renormalize, topk_weights, topk_ids);      \
+  }
+MOEFUSE_TOPK_ENTRY(topk_softmax_f32, float, f32)
+MOEFUSE_TOPK_ENTRY(topk_softmax_bf16, Bf16, bf16)
+MOEFUSE_TOPK_ENTRY(topk_softmax_f16, F16, f16)

@@ -10,7 +10,7 @@ from . import backends
 from ._device import NoGPUError, gpu_name
 from ._nvrtc import CompileError
 from .layer import MoELayer
-from .ops import fused_moe, grouped_gemm, plan, route
+from .ops import fused_moe, grouped_gemm, plan, route, workspace_bytes
 from .overrides import override
 from .plan import RoutingPlan, plan_capacity
 
@@ -29,4 +29,5 @@ __all__ = [
     "plan",
     "plan_capacity",
     "route",
+    "workspace_bytes",
 ]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import ml_dtypes
 import numpy as np
 
+from . import _capture
 from ._device import require_gpu
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
 ACTIVATION_DTYPES = (BFLOAT16, FLOAT16)
+LOGIT_DTYPES = (FLOAT32, BFLOAT16, FLOAT16)  # the router kernel reads these as they are
 DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
@@ -43,13 +47,16 @@ def optional_device_array(obj, name: str):
     return None if obj is None else as_device_array(obj, name)
 
 
-def contiguous(array):
+def contiguous(array, name: str, capturing: bool = False):
     """C-contiguous and 16-byte aligned `array` (the kernels move rows as 16-byte vectors and TMA
-    boxes), copied only when it is not already (a documented copy)."""
+    boxes), copied only when it is not already (a documented copy; refused under graph capture,
+    where the copy would be freed while the graph still reads it)."""
     import cupy
 
     if array.flags.c_contiguous and array.data.ptr % 16 == 0:
         return array
+    if capturing:
+        _capture.refuse_copy(name)
     return cupy.array(array, order="C", copy=True)
 
 
@@ -57,3 +64,14 @@ def require_aligned(array, name: str) -> None:
     """Output arrays are written with 16-byte vector stores: their base must be 16-byte aligned."""
     if array.data.ptr % 16:
         raise ValueError(f"{name} must start at a 16-byte aligned address (a fresh array does)")
+
+
+def require_same_device(arrays: Mapping[str, object], device_id: int) -> None:
+    """Every array of a call on the current GPU (kernels launch there; another GPU's memory
+    would be a fault, or a slow peer access)."""
+    for name, array in arrays.items():
+        if array is not None and array.data.device_id != device_id:
+            raise ValueError(
+                f"{name} is on GPU {array.data.device_id}, but the current device is GPU {device_id}; "
+                f"call moefuse inside `with cupy.cuda.Device({array.data.device_id}):`"
+            )

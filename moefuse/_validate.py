@@ -40,6 +40,12 @@ def check_top_k(k, num_experts: int, name: str = "k") -> int:
     return int(k)
 
 
+def check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
 def check_router_logits(router_logits, k) -> tuple[int, int]:
     _require_ndim(router_logits, 2, "router_logits", "[T, E]")
     if router_logits.dtype.kind != "f" and np.dtype(router_logits.dtype) != BFLOAT16:
@@ -92,48 +98,75 @@ class ExpertDims:
     dtype: np.dtype
 
 
-def check_expert_weights(w1, w2, b1=None, b2=None) -> ExpertDims:
+def check_activations(x) -> tuple[int, int]:
+    """x defines the batch: returns (T, H)."""
+    _require_ndim(x, 2, "x", "[T, H]")
+    if np.dtype(x.dtype) not in ACTIVATION_DTYPES:
+        raise TypeError(
+            f"x must be bfloat16 or float16, got {_dtype_name(x.dtype)} (the kernels multiply 16-bit "
+            "floats and accumulate in fp32; cast fp32 activations and weights first)"
+        )
+    return x.shape
+
+
+def check_expert_weights(w1, w2, b1=None, b2=None, *, x=None) -> ExpertDims:
+    """w1 defines E and I. With `x` (fused_moe), H and the dtype are x's and each weight that
+    disagrees is named; without (a layer built before any x), they are w1's."""
     _require_ndim(w1, 3, "w1", "[E, 2I, H]")
     _require_ndim(w2, 3, "w2", "[E, H, I]")
-    dtype = np.dtype(w1.dtype)
-    if dtype not in ACTIVATION_DTYPES:
-        raise TypeError(f"w1 must be bfloat16 or float16, got {_dtype_name(dtype)}")
-    num_local, two_inter, hidden = w1.shape
+    if x is None:
+        dtype, source = np.dtype(w1.dtype), "w1"
+        if dtype not in ACTIVATION_DTYPES:
+            raise TypeError(f"w1 must be bfloat16 or float16, got {_dtype_name(dtype)}")
+        hidden = w1.shape[2]
+    else:
+        dtype, source = np.dtype(x.dtype), "x"
+        hidden = check_activations(x)[1]
+    for weight, name in ((w1, "w1"), (w2, "w2"), (b1, "b1"), (b2, "b2")):
+        if weight is not None and np.dtype(weight.dtype) != dtype:
+            raise TypeError(
+                f"{name} must have {source}'s dtype {_dtype_name(dtype)}, got {_dtype_name(weight.dtype)}"
+            )
+    num_local, two_inter, w1_hidden = w1.shape
+    if w1_hidden != hidden:
+        raise ValueError(f"w1 must be [E, 2I, H] with H = x.shape[1] = {hidden}, got {tuple(w1.shape)}")
     if two_inter % 2:
         raise ValueError(f"w1 must be [E, 2I, H] (gate rows then up rows); its dim 1 is odd: {two_inter}")
     inter = two_inter // 2
-    if np.dtype(w2.dtype) != dtype:
-        raise TypeError(f"w2 must have w1's dtype {_dtype_name(dtype)}, got {_dtype_name(w2.dtype)}")
-    _require_shape(w2, (num_local, hidden, inter), "w2", "[E, H, I]")
+    origin = "E and I from w1" + ("" if x is None else ", H from x")
+    _require_shape(w2, (num_local, hidden, inter), "w2", f"[E, H, I] ({origin})")
     for size, what in ((hidden, "H (hidden size)"), (inter, "I (intermediate size)")):
         if size == 0 or size % ROW_ALIGNMENT:
             raise ValueError(f"{what} must be a positive multiple of {ROW_ALIGNMENT}, got {size}")
     for bias, name, shape, layout in (
-        (b1, "b1", (num_local, two_inter), "[E, 2I]"),
-        (b2, "b2", (num_local, hidden), "[E, H]"),
+        (b1, "b1", (num_local, two_inter), "[E, 2I] (from w1)"),
+        (b2, "b2", (num_local, hidden), f"[E, H] ({origin})"),
     ):
-        if bias is None:
-            continue
-        if np.dtype(bias.dtype) != dtype:
-            raise TypeError(
-                f"{name} must have w1's dtype {_dtype_name(dtype)}, got {_dtype_name(bias.dtype)}"
-            )
-        _require_shape(bias, shape, name, layout)
+        if bias is not None:
+            _require_shape(bias, shape, name, layout)
     return ExpertDims(num_local, hidden, inter, dtype)
 
 
 def check_moe_inputs(x, topk_weights, topk_ids, dims: ExpertDims, num_experts: int) -> tuple[int, int]:
-    """Checks x, topk_weights and topk_ids against the experts; returns (T, k)."""
-    _require_ndim(x, 2, "x", "[T, H]")
+    """Checks a call's arrays: x defines T (and H, which must be the weights'), topk_ids k.
+    Returns (T, k)."""
+    num_tokens, hidden = check_activations(x)
     if np.dtype(x.dtype) != dims.dtype:
         raise TypeError(
             f"x must have the weights' dtype {_dtype_name(dims.dtype)}, got {_dtype_name(x.dtype)}"
         )
-    num_tokens, top_k = check_topk_ids(topk_ids)
-    if x.shape != (num_tokens, dims.hidden):
-        raise ValueError(f"x must have shape [T, H] = {(num_tokens, dims.hidden)}, got {tuple(x.shape)}")
+    if hidden != dims.hidden:
+        raise ValueError(
+            f"x has H = x.shape[1] = {hidden}, but the layer's weights are for H = {dims.hidden} "
+            f"(w1 [E, 2I, H], w2 [E, H, I])"
+        )
+    ids_tokens, top_k = check_topk_ids(topk_ids)
+    if ids_tokens != num_tokens:
+        raise ValueError(
+            f"topk_ids must be [T, k] with T = x.shape[0] = {num_tokens}, got {tuple(topk_ids.shape)}"
+        )
     _require_ndim(topk_weights, 2, "topk_weights", "[T, k]")
-    _require_shape(topk_weights, (num_tokens, top_k), "topk_weights", "[T, k]")
+    _require_shape(topk_weights, (num_tokens, top_k), "topk_weights", "[T, k] (T from x, k from topk_ids)")
     if np.dtype(topk_weights.dtype) not in WEIGHT_DTYPES:
         raise TypeError(
             f"topk_weights must be float32, bfloat16 or float16, got {_dtype_name(topk_weights.dtype)}"

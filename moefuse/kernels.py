@@ -85,7 +85,7 @@ class Launch:
 
 
 def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
-    (num_tokens, num_experts), spec = logits.shape, kernel(op="topk_softmax")
+    (num_tokens, num_experts), spec = logits.shape, kernel(op="topk_softmax", logits=dtype_tag(logits.dtype))
     args = dict(logits=logits, num_tokens=num_tokens, num_experts=num_experts, k=k, topk_ids=ids)
     args.update(renormalize=int(renormalize), topk_weights=weights)
     launch(spec, (cdiv(num_tokens, spec["tokens_per_block"]),), args)

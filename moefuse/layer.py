@@ -5,9 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import _validate, backends, kernels, overrides
-from ._arrays import FLOAT32, as_device_array, contiguous, optional_device_array, require_aligned
+from . import _capture, _debug, _validate, backends, kernels, overrides
+from ._aliasing import byte_span, check_disjoint
+from ._arrays import (
+    FLOAT32,
+    as_device_array,
+    contiguous,
+    optional_device_array,
+    require_aligned,
+    require_same_device,
+)
 from ._device import require_gpu, stream_ptr
+from ._validate import ExpertDims
 from .backends import CallKind, ForwardConfig, GemmArrays, run
 from .plan import RoutingPlan, launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
@@ -26,12 +35,63 @@ def fused_finalize_enabled(requested: bool | None) -> bool:
 @dataclass(frozen=True)
 class _Carved:
     """A call kind's forward configuration, workspace arrays and the routing plan over them
-    (valid for one buffer)."""
+    (valid while its workspace keeps the buffer they were carved from)."""
 
+    workspace: Workspace
     generation: int
     config: ForwardConfig
     arrays: dict
     routing: RoutingPlan
+
+
+def configure(
+    backend, dims: ExpertDims, num_tokens: int, top_k: int, fused: bool, out_dtype
+) -> ForwardConfig:
+    kind = CallKind(
+        num_tokens=num_tokens,
+        top_k=top_k,
+        num_local_experts=dims.num_local_experts,
+        hidden=dims.hidden,
+        inter=dims.intermediate,
+        elem=kernels.dtype_tag(dims.dtype),
+        out=kernels.dtype_tag(out_dtype),
+        fused=fused,
+    )
+    return backend.configure(kind)
+
+
+def workspace_specs(dims: ExpertDims, num_tokens: int, top_k: int, config: ForwardConfig) -> list[ArraySpec]:
+    """The plan, h, x in permuted order where GEMM1 reads it so, GEMM2's rows on the
+    deterministic path, and fp32 router weights (used when the caller's are not)."""
+    num_local = dims.num_local_experts
+    specs = plan_specs(num_tokens, top_k, num_local, config.tile_m)
+    rows = plan_capacity(num_tokens, top_k, num_local, config.tile_m).rows
+    specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+    if config.permutes_x:
+        specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
+    if not config.fused:
+        specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
+    specs.append(ArraySpec("topk_weights", (num_tokens, top_k), FLOAT32))
+    return specs
+
+
+def workspace_bytes(
+    dims: ExpertDims, num_tokens: int, top_k: int, fused_finalize: bool | None, out_dtype
+) -> int:
+    fused = fused_finalize_enabled(fused_finalize)
+    backend = backends.for_device(require_gpu())
+    out_dtype = _validate.resolve_out_dtype(out_dtype, dims.dtype)
+    config = configure(backend, dims, num_tokens, top_k, fused, out_dtype)
+    return layout_bytes(workspace_specs(dims, num_tokens, top_k, config))
+
+
+def _device_buffer(workspace):
+    """The caller's workspace as a CuPy array: any C-contiguous, 16-byte aligned device buffer."""
+    workspace = as_device_array(workspace, "workspace")
+    if not workspace.flags.c_contiguous:
+        raise ValueError("workspace must be C-contiguous")
+    require_aligned(workspace, "workspace")
+    return workspace
 
 
 class MoELayer:
@@ -43,7 +103,9 @@ class MoELayer:
     (default: `first_expert + E_local`); pairs routed elsewhere, or to ids < 0, contribute nothing.
 
     Non-contiguous weights are copied once here. The workspace grows to the largest batch seen
-    (or `reserve(max_tokens, top_k)` up front); then a call allocates nothing when given `out=`.
+    (or `reserve(max_tokens, top_k)` up front), or is the caller's (`workspace=`); then a call
+    allocates nothing when given `out=`. A buffer a captured CUDA graph uses is kept for the
+    layer's lifetime, so graphs stay valid when a later batch grows the workspace.
     """
 
     def __init__(
@@ -58,107 +120,119 @@ class MoELayer:
         num_experts: int | None = None,
     ) -> None:
         _validate.check_activation(activation)
-        self.w1 = contiguous(as_device_array(w1, "w1"))
-        self.w2 = contiguous(as_device_array(w2, "w2"))
+        w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
-        self.dims = _validate.check_expert_weights(self.w1, self.w2, b1, b2)
-        self.b1 = None if b1 is None else contiguous(b1)
-        self.b2 = None if b2 is None else contiguous(b2)
+        self.dims = _validate.check_expert_weights(w1, w2, b1, b2)
+        self.device_id = w1.data.device_id
+        weights = {"w1": w1, "w2": w2, "b1": b1, "b2": b2}
+        require_same_device(weights, self.device_id)
+        capturing = _capture.capturing()
+        self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
+        self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
+        self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
+        held = {"w1": self.w1, "w2": self.w2, "b1": self.b1, "b2": self.b2}
+        self._weight_spans = {name: byte_span(w) for name, w in held.items() if w is not None}
         self.activation = activation
         self.first_expert = first_expert
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
         _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
         self._workspace = Workspace()
+        self._caller_workspace = Workspace(owned=False)
         self._carved: dict[tuple, _Carved] = {}
 
-    def _configure(self, backend, num_tokens: int, top_k: int, fused: bool, out_dtype) -> ForwardConfig:
-        d, tag = self.dims, kernels.dtype_tag
-        kind = CallKind(
-            num_tokens=num_tokens,
-            top_k=top_k,
-            num_local_experts=d.num_local_experts,
-            hidden=d.hidden,
-            inter=d.intermediate,
-            elem=tag(d.dtype),
-            out=tag(out_dtype),
-            fused=fused,
-        )
-        return backend.configure(kind)
+    def workspace_bytes(
+        self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
+    ) -> int:
+        """Device bytes a call with `num_tokens` tokens, `top_k` slots, this finalize path and
+        output dtype needs: exactly what `workspace=` must hold, and what `reserve` allocates."""
+        return workspace_bytes(self.dims, num_tokens, top_k, fused_finalize, out_dtype)
 
-    def _workspace_specs(
-        self, num_tokens: int, top_k: int, config: ForwardConfig, convert_weights: bool
-    ) -> list[ArraySpec]:
-        num_local, dims = self.dims.num_local_experts, self.dims
-        specs = plan_specs(num_tokens, top_k, num_local, config.tile_m)
-        rows = plan_capacity(num_tokens, top_k, num_local, config.tile_m).rows
-        specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
-        if config.permutes_x:
-            specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
-        if not config.fused:
-            specs.append(ArraySpec("y", (rows, dims.hidden), dims.dtype))
-        if convert_weights:
-            specs.append(ArraySpec("topk_weights", (num_tokens, top_k), FLOAT32))
-        return specs
+    def reserve(
+        self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
+    ) -> None:
+        """Allocate the layer's own workspace for batches of up to `max_tokens` tokens now."""
+        needed = self.workspace_bytes(max_tokens, top_k, fused_finalize=fused_finalize, out_dtype=out_dtype)
+        self._grow(self._workspace, needed)
 
-    def workspace_bytes(self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> int:
-        """Device bytes a call with `num_tokens` tokens and `top_k` slots needs (upper bound)."""
-        fused = fused_finalize_enabled(fused_finalize)
-        backend = backends.for_device(require_gpu())
-        config = self._configure(backend, num_tokens, top_k, fused, self.dims.dtype)
-        return layout_bytes(self._workspace_specs(num_tokens, top_k, config, True))
+    def _grow(self, workspace: Workspace, nbytes: int) -> None:
+        """Let the views carved from `workspace` go before its buffer is replaced (they would keep
+        the old buffer alive through the new one's allocation), then grow it."""
+        if nbytes > workspace.nbytes:
+            self._carved = {key: c for key, c in self._carved.items() if c.workspace is not workspace}
+        workspace.reserve(nbytes)
 
-    def reserve(self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None) -> None:
-        """Allocate the workspace for batches of up to `max_tokens` tokens now."""
-        self._workspace.reserve(self.workspace_bytes(max_tokens, top_k, fused_finalize=fused_finalize))
-        self._forget_stale_layouts()
-
-    def _forget_stale_layouts(self) -> None:
-        """Drop the layouts carved from a buffer the workspace has let go (their views would keep
-        it alive)."""
-        if self._carved and next(iter(self._carved.values())).generation != self._workspace.generation:
-            self._carved.clear()
-
-    def _carve(self, backend, num_tokens: int, top_k: int, fused: bool, out_dtype, convert_weights):
+    def _carve(self, backend, workspace: Workspace, num_tokens: int, top_k: int, fused: bool, out_dtype):
         """The forward configuration, workspace arrays and routing plan of a call kind, chosen
         once. Kept per kind (up to MAX_CARVED) while the buffer stays: a repeated batch shape
         skips the choice and the layout, which cost more host time than the launches
         (docs/DESIGN.md D12)."""
-        key = (num_tokens, top_k, fused, out_dtype, convert_weights, overrides.current(), backend.name)
+        own = workspace is self._workspace
+        key = (own, num_tokens, top_k, fused, out_dtype, overrides.current(), backend.name)
         carved = self._carved.get(key)
-        if carved is not None and carved.generation == self._workspace.generation:
+        if carved is not None and carved.generation == workspace.generation:
             return carved
-        config = self._configure(backend, num_tokens, top_k, fused, out_dtype)
+        config = configure(backend, self.dims, num_tokens, top_k, fused, out_dtype)
         num_local = self.dims.num_local_experts
-        specs = self._workspace_specs(num_tokens, top_k, config, convert_weights)
+        specs = workspace_specs(self.dims, num_tokens, top_k, config)
         _validate.check_plan_fits(num_tokens, top_k, num_local, config.tile_m)
-        arrays = self._workspace.carve(specs)
+        self._grow(workspace, layout_bytes(specs))
+        arrays = workspace.carve(specs)
         routing = plan_from_arrays(
             num_tokens, top_k, self.num_experts, self.first_expert, num_local, config.tile_m, arrays
         )
-        self._forget_stale_layouts()
+        self._carved = {k: c for k, c in self._carved.items() if c.generation == c.workspace.generation}
         if len(self._carved) >= MAX_CARVED:
             del self._carved[next(iter(self._carved))]
-        self._carved[key] = carved = _Carved(self._workspace.generation, config, arrays, routing)
+        self._carved[key] = carved = _Carved(workspace, workspace.generation, config, arrays, routing)
         return carved
 
-    def __call__(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
+    def __call__(
+        self,
+        x,
+        topk_weights,
+        topk_ids,
+        *,
+        out=None,
+        out_dtype=None,
+        fused_finalize: bool | None = None,
+        workspace=None,
+    ):
         """`out [T, H]` for tokens `x [T, H]` routed by `topk_ids [T, k]` with `topk_weights [T, k]`.
 
         `fused_finalize` (default True; `MOEFUSE_DISABLE_FUSED_FINALIZE=1` forces False): GEMM2's
         epilogue adds each weighted row straight into `out` with atomics. The sum order then varies
         from run to run for k >= 3; with k <= 2 it is deterministic (two adds onto zero commute).
         False runs the deterministic path: GEMM2 stores rows, a finalize kernel sums them in slot
-        order. `out_dtype` is x's dtype (default) or float32."""
+        order. `out_dtype` is x's dtype (default) or float32. `workspace`: a device buffer of at
+        least `workspace_bytes(T, k, fused_finalize=..., out_dtype=...)` bytes to use instead of
+        the layer's own; `out` and `workspace` must not overlap any input."""
         out, steps = self.steps(
-            x, topk_weights, topk_ids, out=out, out_dtype=out_dtype, fused_finalize=fused_finalize
+            x,
+            topk_weights,
+            topk_ids,
+            out=out,
+            out_dtype=out_dtype,
+            fused_finalize=fused_finalize,
+            workspace=workspace,
         )
         for _, launch in steps:
             launch()
         return out
 
-    def steps(self, x, topk_weights, topk_ids, *, out=None, out_dtype=None, fused_finalize=None):
+    def steps(
+        self,
+        x,
+        topk_weights,
+        topk_ids,
+        *,
+        out=None,
+        out_dtype=None,
+        fused_finalize: bool | None = None,
+        workspace=None,
+    ):
         """The forward as `(out, [(name, launch), ...])`: calling each `launch()` in order is
-        exactly `__call__` (arguments are checked here). For profiling the stages one by one."""
+        exactly `__call__` (arguments are checked, and the workspace taken, here). For profiling
+        the stages one by one."""
         import cupy
 
         x = as_device_array(x, "x")
@@ -166,21 +240,35 @@ class MoELayer:
         topk_ids = as_device_array(topk_ids, "topk_ids")
         num_tokens, top_k = _validate.check_moe_inputs(x, topk_weights, topk_ids, self.dims, self.num_experts)
         shape = (num_tokens, self.dims.hidden)
-        if out is None:
-            out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
-        else:
+        device_id, capturing = require_gpu(), _capture.capturing()
+        if out is not None:
             out = as_device_array(out, "out")
             dtype = _validate.resolve_out_dtype(out.dtype if out_dtype is None else out_dtype, x.dtype)
             _validate.check_out(out, shape, dtype)
             require_aligned(out, "out")
+        if workspace is not None:
+            workspace = _device_buffer(workspace)
+        inputs = {"x": x, "topk_weights": topk_weights, "topk_ids": topk_ids}
+        outputs = {"out": out, "workspace": workspace}
+        require_same_device({"the layer's weights": self.w1, **inputs, **outputs}, device_id)
+        check_disjoint(outputs, {**inputs, **self._weight_spans})
+        if out is None:
+            out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
         if num_tokens == 0:
             return out, []
+        if _debug.enabled():
+            _debug.check_routing(topk_ids, topk_weights, self.num_experts, capturing)
 
         fused = fused_finalize_enabled(fused_finalize)
-        x, topk_ids = contiguous(x), contiguous(topk_ids)
+        x, topk_ids = contiguous(x, "x", capturing), contiguous(topk_ids, "topk_ids", capturing)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
-        backend = backends.for_device(require_gpu())
-        carved = self._carve(backend, num_tokens, top_k, fused, out.dtype, convert_weights)
+        backend = backends.for_device(device_id)
+        if workspace is not None:
+            self._caller_workspace.use(workspace)
+        buffer = self._workspace if workspace is None else self._caller_workspace
+        carved = self._carve(backend, buffer, num_tokens, top_k, fused, out.dtype)
+        if capturing and workspace is None:
+            self._workspace.hold_for_capture()
         config, arrays, routing = carved.config, carved.arrays, carved.routing
         weights = arrays["topk_weights"] if convert_weights else topk_weights
         h, x_perm, y = arrays["h"], arrays.get("x_perm"), arrays.get("y")

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validate, backends, kernels
+from . import _capture, _validate, backends, kernels
+from ._aliasing import check_disjoint
 from ._arrays import (
     ACTIVATION_DTYPES,
     FLOAT32,
+    LOGIT_DTYPES,
     as_device_array,
     contiguous,
     optional_device_array,
     require_aligned,
+    require_same_device,
 )
 from ._device import require_gpu
-from .plan import RoutingPlan, launch_plan, plan_from_arrays, plan_specs
+from .layer import MoELayer
+from .layer import workspace_bytes as layer_workspace_bytes
+from .plan import PLAN_ARRAYS, RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
 
 
@@ -22,12 +27,19 @@ def route(router_logits, k: int, renormalize: bool = True):
     """Softmax over experts, then the top `k` per token (ties to the lower id).
 
     Returns `(topk_weights float32 [T, k], topk_ids int32 [T, k])`, weights in descending order,
-    renormalised to sum to 1 per token when `renormalize`."""
+    renormalised to sum to 1 per token when `renormalize`. Logits are read as they are when fp32,
+    bf16 or fp16 (other float types are converted first)."""
     import cupy
 
     logits = as_device_array(router_logits, "router_logits")
     num_tokens, _ = _validate.check_router_logits(logits, k)
-    logits = contiguous(logits.astype(FLOAT32, copy=False))
+    device_id, capturing = require_gpu(), _capture.capturing()
+    require_same_device({"router_logits": logits}, device_id)
+    if np.dtype(logits.dtype) not in LOGIT_DTYPES:
+        if capturing:
+            _capture.refuse_copy("router_logits", f"is {logits.dtype}", "Pass fp32, bf16 or fp16 logits")
+        logits = logits.astype(FLOAT32)
+    logits = contiguous(logits, "router_logits", capturing)
     topk_weights = cupy.empty((num_tokens, k), dtype=FLOAT32)
     topk_ids = cupy.empty((num_tokens, k), dtype=np.int32)
     if num_tokens:
@@ -46,12 +58,16 @@ def plan(
     """The routing plan for `topk_ids [T, k]` over local experts
     `[first_expert, first_expert + num_local_experts)`; other ids (and ids < 0) are skipped.
     `tile_m` (64 or 128; every backend has both) defaults to what the device's GEMM backend wants
-    for bf16 (see `moefuse.heuristics`)."""
-    ids = contiguous(as_device_array(topk_ids, "topk_ids"))
+    for bf16 (see `moefuse.heuristics`). The plan's arrays, and the scratch its kernels use, share
+    one allocation that the plan holds."""
+    ids = as_device_array(topk_ids, "topk_ids")
     num_tokens, top_k = _validate.check_topk_ids(ids)
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     num_local = _validate.check_expert_range(num_experts, first_expert, num_local_experts)
-    backend = backends.for_device(require_gpu())
+    device_id, capturing = require_gpu(), _capture.capturing()
+    require_same_device({"topk_ids": ids}, device_id)
+    ids = contiguous(ids, "topk_ids", capturing)
+    backend = backends.for_device(device_id)
     _validate.check_tile_m(tile_m, backend.tile_ms())
     if tile_m is None:
         tile_m = backend.tile_m(num_tokens, top_k, num_local)
@@ -62,41 +78,51 @@ def plan(
     return routing
 
 
+def _plan_arrays(routing: RoutingPlan) -> dict[str, object]:
+    return {f"routing.{name}": getattr(routing, name) for name in PLAN_ARRAYS}
+
+
 def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
     """`out[p] = a[p] @ w[e].T + bias[e]` for every routed permuted row `p` of expert `e`.
 
     `a` is `[routing.capacity, K]` in the plan's permuted row order (padding rows are ignored),
     `w` is `[E_local, N, K]`, `bias` `[E_local, N]`. Returns `out [capacity, N]`; its padding rows
-    are left as they were."""
+    are left as they were. `out` must not overlap `a`, `w`, `bias` or the plan."""
     import cupy
 
-    a = contiguous(as_device_array(a, "a"))
-    w = contiguous(as_device_array(w, "w"))
+    a, w = as_device_array(a, "a"), as_device_array(w, "w")
     bias = optional_device_array(bias, "bias")
     if a.ndim != 2 or a.shape[0] != routing.capacity:
         raise ValueError(f"a must be [routing.capacity={routing.capacity}, K], got {tuple(a.shape)}")
     if w.ndim != 3 or w.shape[0] != routing.num_local_experts or w.shape[2] != a.shape[1]:
         raise ValueError(
-            f"w must be [E_local={routing.num_local_experts}, N, K={a.shape[1]}], got {tuple(w.shape)}"
+            f"w must be [E_local={routing.num_local_experts}, N, K={a.shape[1]}] (E_local from the "
+            f"plan, K from a), got {tuple(w.shape)}"
         )
     num_n, depth = w.shape[1], w.shape[2]
     for size, what in ((num_n, "N (w.shape[1])"), (depth, "K (a.shape[1])")):
         if size == 0 or size % _validate.ROW_ALIGNMENT:
             raise ValueError(f"{what} must be a positive multiple of {_validate.ROW_ALIGNMENT}, got {size}")
-    if a.dtype != w.dtype or a.dtype not in ACTIVATION_DTYPES:
-        raise TypeError(f"a and w must both be bfloat16 or both float16, got {a.dtype} and {w.dtype}")
-    if bias is not None:
-        if bias.dtype != w.dtype or bias.shape != (routing.num_local_experts, num_n):
-            raise ValueError(f"bias must be {w.dtype} [E_local, N], got {bias.dtype} {tuple(bias.shape)}")
-        bias = contiguous(bias)
-    if out is None:
-        out = cupy.empty((routing.capacity, num_n), dtype=a.dtype)
-    else:
+    if a.dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"a must be bfloat16 or float16, got {a.dtype}")
+    if w.dtype != a.dtype:
+        raise TypeError(f"w must have a's dtype {a.dtype}, got {w.dtype}")
+    if bias is not None and (bias.dtype != w.dtype or bias.shape != (routing.num_local_experts, num_n)):
+        raise ValueError(f"bias must be {w.dtype} [E_local, N], got {bias.dtype} {tuple(bias.shape)}")
+    device_id, capturing = require_gpu(), _capture.capturing()
+    if out is not None:
         out = as_device_array(out, "out")
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
         require_aligned(out, "out")
+    reads = {"a": a, "w": w, "bias": bias, **_plan_arrays(routing)}
+    require_same_device({**reads, "out": out}, device_id)
+    check_disjoint({"out": out}, reads)
+    a, w = contiguous(a, "a", capturing), contiguous(w, "w", capturing)
+    bias = None if bias is None else contiguous(bias, "bias", capturing)
+    if out is None:
+        out = cupy.empty((routing.capacity, num_n), dtype=a.dtype)
     if routing.max_tiles:
-        backend = backends.for_device(require_gpu())
+        backend = backends.for_device(device_id)
         elem = kernels.dtype_tag(a.dtype)
         kind = backends.CallKind(
             routing.num_tokens, routing.top_k, routing.num_local_experts, num_n, depth, elem, elem, False
@@ -104,6 +130,19 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         config = backend.configure(kind, tile_m=routing.tile_m)
         backends.run(config.gemm2, backends.GemmArrays(a, w, bias, routing, out))
     return out
+
+
+def workspace_bytes(
+    num_tokens: int, top_k: int, w1, w2, *, fused_finalize: bool = True, out_dtype=None
+) -> int:
+    """Device bytes `fused_moe(x, w1, w2, ..., workspace=buf)` needs with `num_tokens` tokens,
+    `top_k` slots, this finalize path and output dtype (`buf.nbytes` must be at least this).
+    Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
+    force (`moefuse.override`)."""
+    for value, name in ((num_tokens, "num_tokens"), (top_k, "top_k")):
+        _validate.check_count(value, name)
+    dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"))
+    return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 
 
 def fused_moe(
@@ -121,14 +160,35 @@ def fused_moe(
     out_dtype=None,
     first_expert: int = 0,
     num_experts: int | None = None,
+    workspace=None,
 ):
     """One MoE expert layer: `out[t] = sum_j w[t, j] * (act(x[t] @ w1[e].T + b1[e]) @ w2[e].T + b2[e])`.
 
     See `MoELayer` for the arguments; this builds a layer for one call (no weight copies unless an
-    input is not C-contiguous). Repeated calls with the same weights should hold a `MoELayer`."""
-    from .layer import MoELayer
-
+    input is not C-contiguous). Repeated calls with the same weights should hold a `MoELayer`.
+    `workspace`: a device buffer of at least `workspace_bytes(T, k, w1, w2, ...)` bytes; with it
+    (and `out=`) nothing is allocated. Under CUDA graph capture it is required: the workspace of a
+    one-call layer would be freed while the graph still uses it."""
+    x = as_device_array(x, "x")
+    w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
+    b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
+    _validate.check_expert_weights(w1, w2, b1, b2, x=x)  # x's H and dtype: a weight that differs is named
+    if workspace is None and _capture.capturing():
+        raise ValueError(
+            "fused_moe under CUDA graph capture needs workspace= (a device buffer of "
+            "moefuse.workspace_bytes(T, k, w1, w2, ...) bytes that outlives the graph), or a "
+            "MoELayer, which keeps its workspace for the graph: the workspace of a one-call layer "
+            "would be freed while the graph still uses it"
+        )
     layer = MoELayer(
         w1, w2, b1, b2, activation=activation, first_expert=first_expert, num_experts=num_experts
     )
-    return layer(x, topk_weights, topk_ids, out=out, out_dtype=out_dtype, fused_finalize=fused_finalize)
+    return layer(
+        x,
+        topk_weights,
+        topk_ids,
+        out=out,
+        out_dtype=out_dtype,
+        fused_finalize=fused_finalize,
+        workspace=workspace,
+    )

@@ -28,6 +28,14 @@ from . import kernels
 from .workspace import ArraySpec
 
 INT32 = np.dtype(np.int32)
+# The plan's device arrays (the kernels read them; RoutingPlan's fields of the same names).
+PLAN_ARRAYS = (
+    "expert_counts",
+    "expert_offsets",
+    "permuted_to_expanded",
+    "expanded_to_permuted",
+    "tile_expert",
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(params=["sm80", "sm90", "sm90-swapped", "sm90-wide", "sm90-auto"])
+def backend(request):
+    """A test that uses it runs on each GEMM backend the GPU has (the portable one everywhere);
+    on Hopper with each kernel family forced at every size: row-major tiles, and swapped operands with
+    narrow and with wide tiles (unguarded); and as the heuristics choose (auto)."""
+    import cupy
+
+    import moefuse
+
+    name, _, family = request.param.partition("-")
+    if name == "sm90" and cupy.cuda.Device().compute_capability != "90":
+        pytest.skip("the sm90 kernels need a compute capability 9.0 GPU")
+    forced = None if name == "sm80" or family == "auto" else family or "rows"
+    with moefuse.override(backend=name, family=forced):
+        yield request.param
+
+
 @pytest.fixture
 def rng(request):
     """A freshly seeded generator per test; the seed is printed on failure for replay."""

@@ -7,22 +7,7 @@ import moefuse
 from moefuse import reference
 from moefuse_bench.problems import DTYPES, TOLERANCE, moe_problem, random_ids
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-swapped", "sm90-wide", "sm90-auto"])
-def backend(request):
-    """Every test runs on each GEMM backend the GPU has (the portable one everywhere); on Hopper
-    with each kernel family forced at every size: row-major tiles, and swapped operands with
-    narrow and with wide tiles (unguarded); and as the heuristics choose (auto)."""
-    import cupy
-
-    name, _, family = request.param.partition("-")
-    if name == "sm90" and cupy.cuda.Device().compute_capability != "90":
-        pytest.skip("the sm90 kernels need a compute capability 9.0 GPU")
-    forced = None if name == "sm80" or family == "auto" else family or "rows"
-    with moefuse.override(backend=name, family=forced):
-        yield request.param
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("backend")]
 
 
 # H and I are not multiples of the N tile (128 / 64) nor H of the K tile (32): every edge is hit.

@@ -78,14 +78,20 @@ def test_plan_expert_parallel_local_range(rng):
     assert (routing.expanded_to_permuted.get()[~local.reshape(-1)] == -1).all()
 
 
+@pytest.mark.parametrize("logit_dtype", ["float32", "bfloat16", "float16", "float64"])
 @pytest.mark.parametrize("num_tokens, num_experts, k", [(1, 8, 2), (333, 64, 6), (100, 256, 8), (50, 40, 40)])
-def test_route_matches_reference(rng, num_tokens, num_experts, k):
+def test_route_matches_reference(rng, num_tokens, num_experts, k, logit_dtype):
+    """fp32, bf16 and fp16 logits are read as they are (16-bit ones tie often: the reference
+    breaks ties to the lower id, as the kernel does); other float types are converted to fp32."""
     import cupy
+    import ml_dtypes
 
-    logits = rng.standard_normal((num_tokens, num_experts)).astype(np.float32) * 3
+    dtype = ml_dtypes.bfloat16 if logit_dtype == "bfloat16" else np.dtype(logit_dtype)
+    logits = (rng.standard_normal((num_tokens, num_experts)) * 3).astype(dtype)
+    seen = logits.astype(np.float32)  # the values the kernel works on
     for renormalize in (True, False):
         weights, ids = moefuse.route(cupy.asarray(logits), k, renormalize=renormalize)
-        want_weights, want_ids = reference.route(logits, k, renormalize)
+        want_weights, want_ids = reference.route(seen, k, renormalize)
         np.testing.assert_array_equal(ids.get(), want_ids)
         np.testing.assert_allclose(weights.get(), want_weights, rtol=1e-4, atol=1e-6)
 

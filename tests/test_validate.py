@@ -34,7 +34,7 @@ def test_valid_arguments_pass():
     [
         (
             lambda: moefuse.fused_moe(np.empty((T, H), BF16), *weights(), np.empty((T, K)), np.empty((T, K))),
-            "w1 must be a GPU array",
+            "x must be a GPU array",
         ),
         (lambda: moefuse.route(np.empty((T, E), np.float32), 2), "router_logits must be a GPU array"),
         (lambda: moefuse.plan(np.empty((T, K), np.int32), E), "topk_ids must be a GPU array"),
@@ -64,14 +64,20 @@ def test_foreign_gpu_array_without_gpu_raises_no_gpu_error():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"x": np.empty((T, H), np.float32)}, TypeError, "x must have the weights' dtype"),
-        ({"x": np.empty((T, H + 8), BF16)}, ValueError, r"x must have shape \[T, H\]"),
-        ({"x": np.empty((T + 1, H), BF16)}, ValueError, r"x must have shape \[T, H\]"),
+        ({"x": np.empty((T, H), np.float32)}, TypeError, "x must be bfloat16 or float16, got float32"),
+        ({"x": np.empty((T, H), np.float16)}, TypeError, "x must have the weights' dtype bfloat16"),
+        ({"x": np.empty((T, H + 8), BF16)}, ValueError, r"x has H = x.shape\[1\] = 72, but the layer's"),
+        (
+            {"x": np.empty((T + 1, H), BF16)},
+            ValueError,
+            r"topk_ids must be \[T, k\] with T = x.shape\[0\] = 6",
+        ),
         ({"x": np.empty((T, H, 1), BF16)}, ValueError, "x must be 2-D"),
         ({"topk_ids": np.empty((T, K), np.float32)}, TypeError, "topk_ids must be int32 or int64"),
         ({"topk_ids": np.empty((T, K), np.uint8)}, TypeError, "topk_ids must be int32 or int64"),
         ({"topk_ids": np.empty((T * K,), np.int32)}, ValueError, "topk_ids must be 2-D"),
         ({"topk_weights": np.empty((T, K + 1), np.float32)}, ValueError, "topk_weights must have shape"),
+        ({"topk_weights": np.empty((T + 1, K), np.float32)}, ValueError, r"\(T from x, k from topk_ids\)"),
         ({"topk_weights": np.empty((T, K), np.int32)}, TypeError, "topk_weights must be float32"),
         (
             {"topk_ids": np.empty((T, E + 1), np.int32), "topk_weights": np.empty((T, E + 1), np.float32)},
@@ -183,3 +189,32 @@ def test_32_bit_indexing_limit():
     _validate.check_plan_fits(2**20, 8, 256, 128)
     with pytest.raises(ValueError, match="exceed 32-bit indexing"):
         _validate.check_plan_fits(2**28, 8, 256, 128)
+
+
+@pytest.mark.parametrize(
+    "x, w1, w2, error, match",
+    [
+        # The activations define H and the dtype: the weight that disagrees is named, not the other.
+        (np.empty((T, H), BF16), *weights(h=H + 8), ValueError, r"w1 must be \[E, 2I, H\] with H = x.shape"),
+        (
+            np.empty((T, H), BF16),
+            weights()[0],
+            np.empty((E, H + 8, INTER), BF16),
+            ValueError,
+            r"w2 must have shape \[E, H, I\] \(E and I from w1, H from x\)",
+        ),
+        (np.empty((T, H), BF16), *weights(np.float16), TypeError, "w1 must have x's dtype bfloat16"),
+        (np.empty((T, H), BF16), weights()[0], weights(np.float16)[1], TypeError, "w2 must have x's dtype"),
+        (np.empty((T, H), np.float32), *weights(np.float32), TypeError, "x must be bfloat16 or float16"),
+    ],
+)
+def test_weight_errors_name_the_argument_that_disagrees_with_x(x, w1, w2, error, match):
+    with pytest.raises(error, match=match):
+        _validate.check_expert_weights(w1, w2, x=x)
+
+
+def test_counts_must_be_non_negative_ints():
+    assert _validate.check_count(0, "num_tokens") == 0
+    for bad in (-1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="num_tokens must be a non-negative int"):
+            _validate.check_count(bad, "num_tokens")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one device call: install the package, run every test (GPU ones included),
-# compute-sanitizer (memcheck, racecheck), cold/warm start time and a short benchmark.
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck), cold/warm start time and a short
+# benchmark.
 # Full logs go to $OUT (default /tmp/moefuse-gpu-check); a compact table is printed last.
 #   tools/gpu_check.sh [bench.py arguments...]
 set -uo pipefail
@@ -27,7 +28,7 @@ tests_rc=$?
 step "compute-sanitizer"
 backends=$(python3 -c "import cupy; print('sm80 sm90' if cupy.cuda.Device().compute_capability == '90' else 'sm80')")
 for backend in $backends; do
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck initcheck; do
     log="$OUT/sanitizer_${tool}_$backend.log"
     MOEFUSE_BACKEND=$backend compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 3 \
       python3 tools/sanitize_forward.py >"$log" 2>&1

@@ -1,4 +1,7 @@
-"""A small forward through every kernel, for compute-sanitizer (memcheck, racecheck).
+"""A small forward through every kernel, for compute-sanitizer (memcheck, racecheck, synccheck,
+initcheck): every Hopper family at both tile heights, both finalize paths and output types, an
+expert-parallel slice, the router on fp32 and bf16 logits, the caller's workspace, and a forward
+captured in a CUDA graph and replayed.
 
 compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
 """
@@ -13,6 +16,23 @@ import moefuse
 from moefuse_bench.variants import FAMILIES
 
 
+def caller_workspace_and_graph(layer, x, weights, ids) -> None:
+    """The forward on a zeroed caller workspace, then captured on a side stream and replayed."""
+    for fused in (True, False):
+        nbytes = layer.workspace_bytes(x.shape[0], ids.shape[1], fused_finalize=fused)
+        workspace = cupy.zeros(nbytes, dtype=cupy.uint8)
+        out = cupy.empty(x.shape, dtype=x.dtype)
+        layer(x, weights, ids, out=out, fused_finalize=fused, workspace=workspace)
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            layer(x, weights, ids, out=out, fused_finalize=fused, workspace=workspace)
+            graph = stream.end_capture()
+            for _ in range(2):
+                graph.launch(stream)
+        stream.synchronize()
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     rng = np.random.default_rng(0)
@@ -23,9 +43,9 @@ def main() -> None:
     w2 = cupy.asarray((rng.standard_normal((experts, hidden, inter)) * inter**-0.5).astype(bf16))
     b1 = cupy.asarray(rng.standard_normal((experts, 2 * inter)).astype(bf16))
     b2 = cupy.asarray(rng.standard_normal((experts, hidden)).astype(bf16))
-    weights, ids = moefuse.route(
-        cupy.asarray(rng.standard_normal((num_tokens, experts)).astype(np.float32)), top_k
-    )
+    logits = rng.standard_normal((num_tokens, experts)).astype(np.float32)
+    moefuse.route(cupy.asarray(logits.astype(bf16)), top_k)
+    weights, ids = moefuse.route(cupy.asarray(logits), top_k)
     ids[::7, 0] = -1
     for tile_m in (64, 128):
         moefuse.plan(ids, experts, tile_m=tile_m)
@@ -41,6 +61,7 @@ def main() -> None:
                 layer(x, weights, ids, fused_finalize=fused, out_dtype=np.float32)
                 layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
             moefuse.MoELayer(w1, w2)(big_x, big_w, many)
+    caller_workspace_and_graph(layer, x, weights, ids)
     cupy.cuda.Device().synchronize()
     print("sanitize_forward: done")
 
