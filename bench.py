@@ -11,7 +11,8 @@ bf16 conversions, SwiGLU and row gathers run on uint16 views through small Eleme
 only cupy.matmul must know the bfloat16 dtype; if it does not, the CuPy baseline upcasts to fp32.
 
 The measuring lives in the moefuse_bench package (timing, ceilings, baselines, report); this is
-its command line.
+its command line. Exit status: 0 measured, 1 CuPy or moefuse does not import, 2 usage error,
+3 no usable GPU (the message says what was found and what is needed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import json
 import shlex
 import sys
 
-from moefuse_bench.device import gpu_unavailable_reason, log, short
+from moefuse_bench.device import log, no_gpu_error, short
 from moefuse_bench.shapes import NAMES_HELP, SHAPES, parse_shapes, parse_tokens
+
+EXIT_NO_GPU = 3  # no usable GPU: nothing to measure (argparse exits with 2 on a usage error)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,15 +61,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = gpu_unavailable_reason()
-    if reason:
-        print(f"bench.py: no CUDA GPU found ({reason}): nothing to measure", file=sys.stderr)
-        return 2
     try:
+        import cupy  # noqa: F401 - imported here to report a broken CuPy as such
+
         import moefuse
     except Exception as e:
-        print(f"bench.py: cannot import moefuse: {short(e, 300)}", file=sys.stderr)
+        print(f"bench.py: cannot import CuPy or moefuse: {short(e, 300)}", file=sys.stderr)
         return 1
+    error = no_gpu_error()
+    if error:
+        print(f"bench.py: nothing to measure, {error}", file=sys.stderr)
+        return EXIT_NO_GPU
     from moefuse_bench.report import report
     from moefuse_bench.runner import Options, run
     from moefuse_bench.timing import Timing

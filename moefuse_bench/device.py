@@ -1,7 +1,7 @@
 """The GPU a measurement runs on: whether there is one, what it is; memory pools; messages.
 
-CuPy is imported inside the functions: bench.py must say "no GPU" (exit code 2) even where CuPy
-itself does not import.
+CuPy is imported inside the functions: bench.py parses its command line, and says why there is no
+GPU, before anything touches CUDA.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def gpu_unavailable_reason() -> str | None:
-    """Why there is no usable CUDA GPU, or None when there is one."""
+def no_gpu_error() -> Exception | None:
+    """moefuse's NoGPUError for this machine (what was found, what is needed, what works without a
+    GPU), or None where there is a usable GPU."""
+    from moefuse import NoGPUError
+    from moefuse._device import require_gpu
+
     try:
-        import cupy as cp
-    except Exception as exc:
-        return f"cupy not importable: {' '.join(str(exc).split())}"
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return short(e, 160)
-    return None if n > 0 else "0 devices"
+        require_gpu()
+    except NoGPUError as e:
+        return e
+    return None
 
 
 def l2_bytes() -> int:
