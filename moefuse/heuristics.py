@@ -172,9 +172,10 @@ MAX_16BIT_ADDS = 8  # atomic adds into one bf16 / fp16 output element
 
 def max_scatter_splits(top_k: int, out_itemsize: int) -> int | None:
     """The most K splits of the fused GEMM2 (docs/DESIGN.md D2). Each output element receives
-    top_k * splits atomic adds; only two adds onto zero commute, and k <= 2 is promised bitwise
-    reproducible: k = 2 never splits, k = 1 up to two ways. From k = 3, 16-bit outputs take at most
+    top_k * splits atomic adds. k <= 2 is promised bitwise reproducible and batch invariant, so it
+    never splits: two adds onto zero commute, but a split's rounded partial sums differ from the
+    unsplit sum that a larger batch computes. From k = 3, 16-bit outputs take at most
     MAX_16BIT_ADDS rounded adds; float32 outputs split freely (None)."""
     if top_k <= 2:
-        return 2 // top_k
+        return 1
     return max(1, MAX_16BIT_ADDS // top_k) if out_itemsize < 4 else None

@@ -78,6 +78,9 @@ def workspace_specs(dims: ExpertDims, num_tokens: int, top_k: int, config: Forwa
 def workspace_bytes(
     dims: ExpertDims, num_tokens: int, top_k: int, fused_finalize: bool | None, out_dtype
 ) -> int:
+    if _validate.check_count(num_tokens, "num_tokens") == 0:
+        return 0  # an empty batch launches nothing
+    _validate.check_count(top_k, "top_k")
     fused = fused_finalize_enabled(fused_finalize)
     backend = backends.for_device(require_gpu())
     out_dtype = _validate.resolve_out_dtype(out_dtype, dims.dtype)

@@ -139,8 +139,6 @@ def workspace_bytes(
     `top_k` slots, this finalize path and output dtype (`buf.nbytes` must be at least this).
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
     force (`moefuse.override`)."""
-    for value, name in ((num_tokens, "num_tokens"), (top_k, "top_k")):
-        _validate.check_count(value, name)
     dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"))
     return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 

@@ -5,7 +5,7 @@ pairs routed to this layer's local experts by expert, in ascending expanded inde
 expert; each expert's segment starts at a multiple of `tile_m`, so every M tile of a grouped GEMM
 belongs to one expert.
 
-Invariants of a RoutingPlan (checked by `check_plan` on host copies):
+Invariants of a RoutingPlan (the GPU tests check them on host copies, against `reference.plan`):
   * expert_counts[e] = number of pairs routed to local expert e (global id first_expert + e).
   * expert_offsets[0] = 0, expert_offsets[e+1] = expert_offsets[e] + roundup(expert_counts[e], tile_m);
     expert_offsets[E_local] <= capacity.

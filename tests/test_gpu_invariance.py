@@ -21,18 +21,15 @@ and each Hopper kernel family (rows, swapped, wide) forced. A test reports every
 mode together: the mode, T, which token rows, how many elements, the largest difference (absolute
 and in ulps) and the kernels chosen at T and for the full batch.
 
-Expected to break (from moefuse/heuristics.py): the fused path at k = 1 on the Hopper row-major
-kernels. `max_scatter_splits` lets GEMM2 split K two ways at k = 1 where the M tiles leave SMs idle
-(decode and small batches, I >= 8 K blocks of 64), and not for larger batches. Two partial sums,
-each rounded and added into `out`, can differ in the last bits from one sum over all of K: run to
-run the result is still reproducible (two adds onto zero commute), but it depends on the batch.
-The mixtral k = 1 fused cases split below ~264 tokens on a 132-SM GPU (rows and auto modes); the
-unfused k = 1 case is their control. Also on GPUs before Hopper: the portable kernels' bf16
-atomic add is a CAS loop that adds the unrounded fp32 value (common/ptx.cuh, red_add2), so even two
-adds onto zero do not commute there (fused, k = 2, bf16 out). The other switches (M tile, BN,
-family, swapped chunks and geometry) change which MMA instruction computes a token's row but not
-the order of K: they are expected to keep the bits, and a finding there means the MMA's result
-depends on its shape or operand order.
+What would break it, and is therefore excluded by the library: a K split of the fused GEMM2 at
+k <= 2 (a split's rounded partial sums differ from the unsplit sum a larger batch computes), so
+`heuristics.max_scatter_splits` never splits there; and an atomic bf16 add of an unrounded fp32
+value (the portable kernels' CAS loop before sm_90 rounds the addend first, as the sm_90
+instruction does). The mixtral k = 1 fused cases are the ones a decode split would break; the
+unfused k = 1 case is their control. The other switches (M tile, BN, family, swapped chunks and
+geometry) change which MMA instruction computes a token's row but not the order of K: they are
+expected to keep the bits, and a finding there means the MMA's result depends on its shape or
+operand order.
 
 Shapes: scaled down (each test is a few seconds, the float64 reference included), ratios kept:
   * mixtral: H=576, I=2048, E=8 (Mixtral 8x7B: I/H = 3.5, 8 experts). I >= 8 K blocks: GEMM2 can

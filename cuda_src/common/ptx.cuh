@@ -95,12 +95,15 @@ DEV void red_add2(Bf16* gmem, float lo, float hi) {
   asm volatile("red.global.add.noftz.bf16x2 [%0], %1;" ::"l"(gmem), "r"(pack2(gmem, lo, hi))
                : "memory");
 #else
+  // The addend is rounded to bf16 first, as the sm_90 instruction takes it: two adds onto zero
+  // then commute (round(round(a) + round(b))), which the k <= 2 reproducibility rests on.
+  const float2 add = unpack2(gmem, pack2(gmem, lo, hi));
   u32* word = reinterpret_cast<u32*>(gmem);
   u32 seen = *word, assumed;
   do {
     assumed = seen;
     const float2 cur = unpack2(gmem, assumed);
-    seen = atomicCAS(word, assumed, pack2(gmem, cur.x + lo, cur.y + hi));
+    seen = atomicCAS(word, assumed, pack2(gmem, cur.x + add.x, cur.y + add.y));
   } while (seen != assumed);
 #endif
 }
