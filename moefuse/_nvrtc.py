@@ -10,7 +10,8 @@ BASE_OPTIONS: tuple[str, ...] = ("-std=c++17", "--ptxas-options=-v", "-default-d
 
 
 class CompileError(RuntimeError):
-    """NVRTC rejected a kernel source; the message carries the compiler log."""
+    """NVRTC rejected a kernel source; the message names the module and architecture and carries
+    the compiler log."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,21 @@ def nvrtc_version() -> str:
     return f"{major}.{minor}"
 
 
+def supported_archs() -> list[int]:
+    """The compute capabilities this NVRTC compiles for, as numbers (90 for sm_90)."""
+    from cuda.bindings import nvrtc
+
+    (archs,) = _check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")
+    return list(archs)
+
+
 def compile_options(arch: str, include_dir: Path) -> list[str]:
     return [f"--gpu-architecture={arch}", f"-I{include_dir}", *BASE_OPTIONS]
 
 
-def compile_cubin(source: Path, arch: str, include_dir: Path) -> CompileResult:
-    """Compile `source` to a cubin for `arch` (e.g. "sm_90a"); raise CompileError with the log."""
+def compile_cubin(source: Path, arch: str, include_dir: Path, module: str) -> CompileResult:
+    """Compile `module`'s `source` to a cubin for `arch` (e.g. "sm_90a"); raise CompileError
+    with the log."""
     from cuda.bindings import nvrtc
 
     (program,) = _check(
@@ -68,7 +78,7 @@ def compile_cubin(source: Path, arch: str, include_dir: Path) -> CompileResult:
         _check(nvrtc.nvrtcGetProgramLog(program, log_buffer), "nvrtcGetProgramLog")
         log = log_buffer.rstrip(b"\0").decode(errors="replace")
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise CompileError(f"NVRTC could not compile {source.name} for {arch}:\n{log}")
+            raise CompileError(f"NVRTC could not compile module {module} ({source}) for {arch}:\n{log}")
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
         cubin = bytearray(size)
         _check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")

@@ -2,11 +2,11 @@
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import moefuse
 from moefuse import _cache, _nvrtc, _sources
 from tests.conftest import ARCHS
 
@@ -14,15 +14,12 @@ BUILDS = [(arch, module) for arch in ARCHS for module in _sources.modules_for(ar
 
 
 @pytest.fixture(scope="module")
-def ptxas_report(tmp_path_factory):
+def ptxas_report(compiled):
     """Whether this NVRTC returns ptxas's `-v` report in the program log (13.5 does; the 13.0 of
     the GPU image returns an empty log). CI (env CI set) must have it: there it never skips."""
     import os
 
-    probe = _cache.compile_module(
-        "permute", "sm_90a", directory=tmp_path_factory.mktemp("probe"), force=True
-    )[1]
-    if _nvrtc.parse_resources(probe.log) or os.environ.get("CI"):
+    if _nvrtc.parse_resources(compiled[("sm_90a", "permute")][1].log) or os.environ.get("CI"):
         return True
     pytest.skip(f"NVRTC {_nvrtc.nvrtc_version()} returns no ptxas report")
 
@@ -119,56 +116,16 @@ def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled,
         assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
 
 
-def test_cache_key_covers_every_source_byte(tmp_path):
-    root = tmp_path / "cuda_src"
-    shutil.copytree(_sources.source_root(), root)
-    keys = {module: _cache.cache_key(module, "sm_90a", root) for module in _sources.MODULES}
-    assert len(set(keys.values())) == len(keys)
-    assert _cache.cache_key("routing", "sm_80", root) != keys["routing"]
-    header = root / "common" / "ptx.cuh"
-    header.write_bytes(header.read_bytes() + b"\n")  # a header every module includes
-    for module, key in keys.items():
-        assert _cache.cache_key(module, "sm_90a", root) != key
-
-
-def test_cache_hit_compiles_nothing_and_publishes_atomically(tmp_path, monkeypatch):
-    monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path))
-    first, result = _cache.compile_module("permute", "sm_90a")
-    published = first.stat().st_mtime_ns
-    second, again = _cache.compile_module("permute", "sm_90a")
-    assert first == second and first.parent == tmp_path
-    assert result is not None and again is None  # the second call compiled nothing
-    assert first.stat().st_mtime_ns == published  # ... and wrote nothing
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
-
-
-def test_compile_error_carries_the_log(tmp_path):
-    bad = tmp_path / "bad.cu"
-    bad.write_text('extern "C" __global__ void k() { undefined_thing(); }\n')
-    with pytest.raises(_nvrtc.CompileError, match="undefined_thing"):
-        _nvrtc.compile_cubin(bad, "sm_90a", include_dir=tmp_path)
-
-
-def test_precompile_command(tmp_path, ptxas_report):
-    proc = subprocess.run(
-        [sys.executable, "-m", "moefuse.precompile", "--arch", "sm_90a", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "gemm1_swiglu_bf16_m128" in proc.stdout and "0 spill registers" in proc.stdout
-    assert len(list(tmp_path.glob("*.cubin"))) == len(_sources.modules_for("sm_90a"))
-
-
-def test_a_cold_cache_compiles_every_module_of_the_arch_at_once(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path))
-    _cache.compile_missing("sm_80")
-    names = sorted(p.name.split("-sm_80-")[0] for p in tmp_path.glob("*.cubin"))
-    assert names == sorted(_sources.modules_for("sm_80"))
-    said = capsys.readouterr().err
-    assert f"compiling {len(names)} kernel modules for sm_80" in said and "compiled in" in said
-    _cache.compile_missing("sm_80")  # warm: nothing to compile, nothing said
-    assert capsys.readouterr().err == ""
+def test_compile_error_names_the_module_the_architecture_and_the_log(tmp_path):
+    """A variant source that does not compile, chosen through moefuse.override as a tool would
+    (under a source root of its own, so the checkout's sources and keys stay as they are)."""
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k() { undefined_thing(); }\n')
+    with moefuse.override(sources={"permute": "broken.cu"}), pytest.raises(_nvrtc.CompileError) as error:
+        _cache.compile_module("permute", "sm_90a", directory=tmp_path / "cache", root=tmp_path)
+    message = str(error.value)
+    assert "module permute" in message and "sm_90a" in message and "broken.cu" in message
+    assert "undefined_thing" in message  # the compiler's log
+    assert not (tmp_path / "cache").exists()  # nothing published
 
 
 def test_kernel_name_dtype_tags():
