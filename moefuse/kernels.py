@@ -66,8 +66,10 @@ def launch(spec: KernelSpec, grid: tuple[int, ...], args: Mapping[str, object], 
     fn = _cache.load_function(spec, device_id, _device.device_arch(device_id))
     smem = spec.smem_bytes
     if _dynamic_smem_limit.get(fn, 0) < smem:
-        fn.max_dynamic_shared_size_bytes = max(smem, fn.max_dynamic_shared_size_bytes)
-        _dynamic_smem_limit[fn] = fn.max_dynamic_shared_size_bytes
+        from cupy.cuda import driver
+
+        driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        _dynamic_smem_limit[fn] = smem
     fn(grid, (threads or spec.threads,), spec.pack(args), shared_mem=smem)
 
 

@@ -328,8 +328,8 @@ def test_out_of_memory_raises_before_any_kernel_and_the_layer_recovers(rng, back
     out = poisoned((num_tokens, hidden))
     with pytest.raises(cupy.cuda.memory.OutOfMemoryError):
         layer(x, weights, ids, out=out)
-    nan_bits = int(np.array(np.nan, dtype=BF16).view(np.uint16))
-    assert bool((out.view(cupy.uint16)[:: max(1, num_tokens // 1000)] == nan_bits).all()), "a kernel ran"
+    sample = out.view(cupy.uint16)[:: max(1, num_tokens // 1000)]
+    assert bool(((sample & 0x7FFF) > 0x7F80).all()), "a kernel ran: out is no longer all NaN"
     with pytest.raises(cupy.cuda.memory.OutOfMemoryError):
         layer.reserve(num_tokens, top_k)
     del x, ids, weights, out

@@ -270,8 +270,10 @@ def test_gpu_argument_errors_name_the_argument(rng):
         moefuse.fused_moe(d["x"], d["w1"], d["w2"], d["topk_weights"], d["topk_weights"])
     with pytest.raises(ValueError, match=r"k \(topk_ids.shape\[1\]\) must be in"):
         moefuse.plan(d["topk_ids"], 1)
-    with pytest.raises(TypeError, match="x must have the weights' dtype"):
+    with pytest.raises(TypeError, match="w1 must have x's dtype float16"):  # x defines the dtype
         moefuse.fused_moe(d["x"].astype(np.float16), d["w1"], d["w2"], d["topk_weights"], d["topk_ids"])
+    with pytest.raises(TypeError, match="x must have the weights' dtype"):  # a layer's are fixed
+        moefuse.MoELayer(d["w1"], d["w2"])(d["x"].astype(np.float16), d["topk_weights"], d["topk_ids"])
 
 
 @pytest.mark.parametrize("fused", [True, False])
