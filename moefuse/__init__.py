@@ -7,6 +7,7 @@ Importing needs no GPU; every GPU function raises `NoGPUError` when there is non
 """
 
 from . import backends
+from ._cache import CacheWarning
 from ._device import NoGPUError, gpu_name
 from ._nvrtc import CompileError
 from .layer import MoELayer
@@ -17,6 +18,7 @@ from .plan import RoutingPlan, plan_capacity
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheWarning",
     "CompileError",
     "MoELayer",
     "NoGPUError",

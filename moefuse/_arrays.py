@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import ml_dtypes
 import numpy as np
 
@@ -64,14 +62,3 @@ def require_aligned(array, name: str) -> None:
     """Output arrays are written with 16-byte vector stores: their base must be 16-byte aligned."""
     if array.data.ptr % 16:
         raise ValueError(f"{name} must start at a 16-byte aligned address (a fresh array does)")
-
-
-def require_same_device(arrays: Mapping[str, object], device_id: int) -> None:
-    """Every array of a call on the current GPU (kernels launch there; another GPU's memory
-    would be a fault, or a slow peer access)."""
-    for name, array in arrays.items():
-        if array is not None and array.data.device_id != device_id:
-            raise ValueError(
-                f"{name} is on GPU {array.data.device_id}, but the current device is GPU {device_id}; "
-                f"call moefuse inside `with cupy.cuda.Device({array.data.device_id}):`"
-            )

@@ -6,14 +6,13 @@ import os
 from dataclasses import dataclass
 
 from . import _capture, _debug, _validate, backends, kernels, overrides
-from ._aliasing import byte_span, check_disjoint
+from ._aliasing import check_arrays, footprints
 from ._arrays import (
     FLOAT32,
     as_device_array,
     contiguous,
     optional_device_array,
     require_aligned,
-    require_same_device,
 )
 from ._device import require_gpu, stream_ptr
 from ._validate import ExpertDims
@@ -127,14 +126,12 @@ class MoELayer:
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
         self.dims = _validate.check_expert_weights(w1, w2, b1, b2)
         self.device_id = w1.data.device_id
-        weights = {"w1": w1, "w2": w2, "b1": b1, "b2": b2}
-        require_same_device(weights, self.device_id)
+        check_arrays(self.device_id, footprints({"w1": w1, "w2": w2, "b1": b1, "b2": b2}), {})
         capturing = _capture.capturing()
         self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
         self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
         self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
-        held = {"w1": self.w1, "w2": self.w2, "b1": self.b1, "b2": self.b2}
-        self._weight_spans = {name: byte_span(w) for name, w in held.items() if w is not None}
+        self._weights = footprints({"w1": self.w1, "w2": self.w2, "b1": self.b1, "b2": self.b2})
         self.activation = activation
         self.first_expert = first_expert
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
@@ -251,10 +248,8 @@ class MoELayer:
             require_aligned(out, "out")
         if workspace is not None:
             workspace = _device_buffer(workspace)
-        inputs = {"x": x, "topk_weights": topk_weights, "topk_ids": topk_ids}
-        outputs = {"out": out, "workspace": workspace}
-        require_same_device({"the layer's weights": self.w1, **inputs, **outputs}, device_id)
-        check_disjoint(outputs, {**inputs, **self._weight_spans})
+        inputs = footprints({"x": x, "topk_weights": topk_weights, "topk_ids": topk_ids})
+        check_arrays(device_id, {**inputs, **self._weights}, footprints({"out": out, "workspace": workspace}))
         if out is None:
             out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
         if num_tokens == 0:

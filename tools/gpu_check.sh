@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, in one device call: install the package, run every test (GPU ones included),
-# compute-sanitizer (memcheck, racecheck, synccheck, initcheck), cold/warm start time and a short
-# benchmark.
+# The GPU check, in one device call: install the package, cold/warm start time (and where it goes),
+# the README's commands with the CUDA toolkit hidden (tools/fresh_env_check.sh, as root), every
+# test (GPU ones included), compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on each
+# backend, and a short benchmark.
 # Full logs go to $OUT (default /tmp/moefuse-gpu-check); a compact table is printed last.
 #   tools/gpu_check.sh [bench.py arguments...]
 set -uo pipefail
@@ -19,7 +20,12 @@ python3 -m pip install -q --no-deps --no-build-isolation . >"$OUT/install.log" 2
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 
 step "cold / warm start"
-(cd /tmp && python3 "$OLDPWD/tools/cold_start.py") >"$OUT/cold_start.txt" 2>&1
+(cd /tmp && python3 "$OLDPWD/tools/cold_start.py" --profile) >"$OUT/cold_start_profile.txt" 2>&1
+head -1 "$OUT/cold_start_profile.txt" >"$OUT/cold_start.txt"
+
+step "the README's commands with the CUDA toolkit hidden"
+bash tools/fresh_env_check.sh >"$OUT/fresh_env.log" 2>&1
+tail -1 "$OUT/fresh_env.log" >"$OUT/fresh_env.txt"
 
 step "tests"
 python3 -m pytest -q -rs -p no:cacheprovider tests >"$OUT/pytest.log" 2>&1
@@ -45,7 +51,7 @@ echo
 echo "GPU: $gpu    date: $(date -u +%F)"
 echo "tests (rc=$tests_rc): $(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
-cat "$OUT/sanitizer.txt" "$OUT/cold_start.txt"
+cat "$OUT/sanitizer.txt" "$OUT/cold_start.txt" "$OUT/fresh_env.txt"
 echo "bench (rc=$bench_rc):"
 tail -40 "$OUT/bench.txt"
 [ $bench_rc -eq 0 ] || tail -5 "$OUT/bench_progress.log"
