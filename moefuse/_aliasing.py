@@ -4,21 +4,21 @@ overlapping one it reads or another it writes.
 A kernel that writes memory another operand still reads gives a silently wrong answer (GEMM1's
 spare warps clear the fused `out` while x is still being read, for one), so an output or workspace
 that overlaps any input, or another output, is refused before any launch. Inputs may alias each
-other: they are only read. Each array is looked at once (its device pointer object is the costly
-part of an eager call's checks)."""
+other: they are only read. These checks run on every eager call, so they stay cheap: one look at
+each array's device pointer, and byte spans only when the caller gave an output buffer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
-Footprint = tuple[int, int, int]  # (device id, first byte, end byte) of the memory an array can touch
+Named = Sequence[tuple[str, object]]  # (argument name, array or None)
+Span = tuple[int, int]  # [first byte, end byte) of the device memory an array can touch
 
 
-def footprint(array) -> Footprint:
-    memory = array.data
-    start = memory.ptr
-    if array.size == 0:
-        return memory.device_id, start, start
+def byte_span(array) -> Span:
+    start = array.data.ptr
+    if array.flags.c_contiguous:  # the common case, and the cheaper question
+        return start, start + array.nbytes
     low = high = start
     for extent, stride in zip(array.shape, array.strides, strict=True):
         reach = (extent - 1) * stride
@@ -26,30 +26,38 @@ def footprint(array) -> Footprint:
             low += reach
         else:
             high += reach
-    return memory.device_id, low, high + array.itemsize
+    return low, high + array.itemsize
 
 
-def footprints(arrays: Mapping[str, object]) -> dict[str, Footprint]:
-    """The footprints of the arrays that are given (None is skipped)."""
-    return {name: footprint(array) for name, array in arrays.items() if array is not None}
+def byte_spans(arrays: Named) -> list[tuple[str, Span]]:
+    return [(name, byte_span(array)) for name, array in arrays if array is not None]
 
 
-def _overlap(a: Footprint, b: Footprint) -> bool:
-    return a[1] < a[2] and b[1] < b[2] and a[1] < b[2] and b[1] < a[2]
-
-
-def check_arrays(device_id: int, read: Mapping[str, Footprint], written: Mapping[str, Footprint]) -> None:
-    """ValueError naming the array that is not on GPU `device_id`, or both arrays of an overlap
-    between a written array and a read or another written one."""
-    for name, (array_device, _, _) in (*read.items(), *written.items()):
-        if array_device != device_id:
+def check_device(device_id: int, arrays: Named) -> None:
+    """ValueError naming the first array that is not on GPU `device_id`."""
+    for name, array in arrays:
+        if array is not None and array.data.device_id != device_id:
+            on = array.data.device_id
             raise ValueError(
-                f"{name} is on GPU {array_device}, but the current device is GPU {device_id}; call "
-                f"moefuse inside `with cupy.cuda.Device({array_device}):`"
+                f"{name} is on GPU {on}, but the current device is GPU {device_id}; call moefuse "
+                f"inside `with cupy.cuda.Device({on}):`"
             )
-    writes = list(written.items())
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    return a[0] < a[1] and b[0] < b[1] and a[0] < b[1] and b[0] < a[1]
+
+
+def check_disjoint(written: Named, read: Named, held: Sequence[tuple[str, Span]] = ()) -> None:
+    """ValueError naming both arrays where a written array overlaps a read one (or a `held` span,
+    e.g. a layer's weights) or another written one. Nothing to check when nothing is written into
+    a caller's buffer."""
+    writes = byte_spans(written)
+    if not writes:
+        return
+    reads = [*byte_spans(read), *held]
     for i, (name, span) in enumerate(writes):
-        for other, other_span in (*writes[i + 1 :], *read.items()):
+        for other, other_span in (*writes[i + 1 :], *reads):
             if _overlap(span, other_span):
                 raise ValueError(
                     f"{name} overlaps {other} in device memory; moefuse writes {name} while it reads "

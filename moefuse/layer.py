@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from . import _capture, _debug, _validate, backends, kernels, overrides
-from ._aliasing import check_arrays, footprints
+from ._aliasing import byte_spans, check_device, check_disjoint
 from ._arrays import (
     FLOAT32,
     as_device_array,
@@ -126,12 +126,12 @@ class MoELayer:
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
         self.dims = _validate.check_expert_weights(w1, w2, b1, b2)
         self.device_id = w1.data.device_id
-        check_arrays(self.device_id, footprints({"w1": w1, "w2": w2, "b1": b1, "b2": b2}), {})
+        check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2)))
         capturing = _capture.capturing()
         self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
         self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
         self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
-        self._weights = footprints({"w1": self.w1, "w2": self.w2, "b1": self.b1, "b2": self.b2})
+        self._weight_spans = byte_spans((("w1", self.w1), ("w2", self.w2), ("b1", self.b1), ("b2", self.b2)))
         self.activation = activation
         self.first_expert = first_expert
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
@@ -248,8 +248,15 @@ class MoELayer:
             require_aligned(out, "out")
         if workspace is not None:
             workspace = _device_buffer(workspace)
-        inputs = footprints({"x": x, "topk_weights": topk_weights, "topk_ids": topk_ids})
-        check_arrays(device_id, {**inputs, **self._weights}, footprints({"out": out, "workspace": workspace}))
+        if device_id != self.device_id:
+            raise ValueError(
+                f"the layer's weights are on GPU {self.device_id}, but the current device is GPU "
+                f"{device_id}; call it inside `with cupy.cuda.Device({self.device_id}):`"
+            )
+        inputs = (("x", x), ("topk_weights", topk_weights), ("topk_ids", topk_ids))
+        outputs = (("out", out), ("workspace", workspace))
+        check_device(device_id, (*inputs, *outputs))
+        check_disjoint(outputs, inputs, self._weight_spans)
         if out is None:
             out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
         if num_tokens == 0:

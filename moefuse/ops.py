@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _capture, _validate, backends, kernels
-from ._aliasing import check_arrays, footprints
+from ._aliasing import check_device, check_disjoint
 from ._arrays import (
     ACTIVATION_DTYPES,
     FLOAT32,
@@ -33,7 +33,7 @@ def route(router_logits, k: int, renormalize: bool = True):
     logits = as_device_array(router_logits, "router_logits")
     num_tokens, _ = _validate.check_router_logits(logits, k)
     device_id, capturing = require_gpu(), _capture.capturing()
-    check_arrays(device_id, footprints({"router_logits": logits}), {})
+    check_device(device_id, (("router_logits", logits),))
     if np.dtype(logits.dtype) not in LOGIT_DTYPES:
         if capturing:
             _capture.refuse_copy("router_logits", f"is {logits.dtype}", "Pass fp32, bf16 or fp16 logits")
@@ -64,7 +64,7 @@ def plan(
     _validate.check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     num_local = _validate.check_expert_range(num_experts, first_expert, num_local_experts)
     device_id, capturing = require_gpu(), _capture.capturing()
-    check_arrays(device_id, footprints({"topk_ids": ids}), {})
+    check_device(device_id, (("topk_ids", ids),))
     ids = contiguous(ids, "topk_ids", capturing)
     backend = backends.for_device(device_id)
     _validate.check_tile_m(tile_m, backend.tile_ms())
@@ -77,8 +77,8 @@ def plan(
     return routing
 
 
-def _plan_arrays(routing: RoutingPlan) -> dict[str, object]:
-    return {f"routing.{name}": getattr(routing, name) for name in PLAN_ARRAYS}
+def _plan_arrays(routing: RoutingPlan) -> tuple[tuple[str, object], ...]:
+    return tuple((f"routing.{name}", getattr(routing, name)) for name in PLAN_ARRAYS)
 
 
 def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
@@ -113,11 +113,9 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         out = as_device_array(out, "out")
         _validate.check_out(out, (routing.capacity, num_n), np.dtype(a.dtype))
         require_aligned(out, "out")
-    check_arrays(
-        device_id,
-        footprints({"a": a, "w": w, "bias": bias, **_plan_arrays(routing)}),
-        footprints({"out": out}),
-    )
+    reads = (("a", a), ("w", w), ("bias", bias), *_plan_arrays(routing))
+    check_device(device_id, (*reads, ("out", out)))
+    check_disjoint((("out", out),), reads)
     a, w = contiguous(a, "a", capturing), contiguous(w, "w", capturing)
     bias = None if bias is None else contiguous(bias, "bias", capturing)
     if out is None:
