@@ -210,6 +210,8 @@ def test_caller_workspace_of_the_queried_size_and_nothing_allocated(rng, fused, 
     nbytes = moefuse.workspace_bytes(300, top_k, d["w1"], d["w2"], fused_finalize=fused, out_dtype=out_dtype)
     layer = moefuse.MoELayer(d["w1"], d["w2"], d["b1"], d["b2"])
     assert nbytes == layer.workspace_bytes(300, top_k, fused_finalize=fused, out_dtype=out_dtype)
+    assert moefuse.workspace_bytes(0, top_k, d["w1"], d["w2"]) == 0  # an empty batch launches nothing
+    layer.reserve(0, top_k)
     out_type = BF16 if out_dtype is None else out_dtype
     workspace, out = cupy.full(nbytes, 0xFF, dtype=cupy.uint8), poisoned((300, HIDDEN), out_type)
     moefuse.fused_moe(*args, out=out, workspace=workspace, **kwargs)  # modules loaded

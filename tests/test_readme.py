@@ -58,3 +58,16 @@ def test_readme_quick_start_runs():
     exec(compile(block, "README.md", "exec"), namespace)
     out = namespace["out"]
     assert out.shape == (512, 1024) and bool(namespace["cp"].isfinite(out.astype("float32")).all())
+
+
+@pytest.mark.gpu
+def test_readme_serving_example_replays_like_an_eager_call():
+    (quick,) = re.findall(r"## Quick start\n\n```python\n(.*?)```", README, flags=re.S)
+    (serving,) = re.findall(r"## Serving: .*?```python\n(.*?)```", README, flags=re.S)
+    namespace: dict = {}
+    exec(compile(quick, "README.md", "exec"), namespace)
+    exec(compile(serving, "README.md", "exec"), namespace)
+    cp, moefuse, ns = namespace["cp"], namespace["moefuse"], namespace
+    replayed = ns["out"].copy()
+    eager = ns["layer"](ns["x"], *moefuse.route(ns["router_logits"], ns["k"]))
+    assert bool((replayed.view(cp.uint16) == eager.view(cp.uint16)).all())  # k = 2: bitwise
