@@ -58,6 +58,15 @@ def contiguous(array, name: str, capturing: bool = False):
     return cupy.array(array, order="C", copy=True)
 
 
+def device_buffer(obj, name: str):
+    """A caller's scratch buffer as a CuPy array: any C-contiguous, 16-byte aligned device array."""
+    buffer = as_device_array(obj, name)
+    if not buffer.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    require_aligned(buffer, name)
+    return buffer
+
+
 def require_aligned(array, name: str) -> None:
     """Output arrays are written with 16-byte vector stores: their base must be 16-byte aligned."""
     if array.data.ptr % 16:

@@ -26,13 +26,14 @@ def _first(mask) -> tuple[int, ...] | None:
     return tuple(int(i) for i in cupy.unravel_index(flat[0], mask.shape))
 
 
-def check_routing(topk_ids, topk_weights, num_experts: int, capturing: bool) -> None:
-    import cupy
-
+def _skipped_under_capture(capturing: bool) -> bool:
     if capturing:
-        warnings.warn(
-            f"{DEBUG_ENV}: the routing checks need a host sync; skipped under graph capture", stacklevel=3
-        )
+        warnings.warn(f"{DEBUG_ENV}: the checks need a host sync; skipped under graph capture", stacklevel=4)
+    return capturing
+
+
+def check_ids(topk_ids, num_experts: int, capturing: bool) -> None:
+    if _skipped_under_capture(capturing):
         return
     where = _first(topk_ids >= num_experts)
     if where is not None:
@@ -40,6 +41,13 @@ def check_routing(topk_ids, topk_weights, num_experts: int, capturing: bool) -> 
             f"{DEBUG_ENV}: topk_ids{list(where)} = {int(topk_ids[where])} is not an expert id "
             f"(num_experts = {num_experts}; ids < 0 mark dropped pairs)"
         )
+
+
+def check_weights(topk_weights, capturing: bool) -> None:
+    import cupy
+
+    if _skipped_under_capture(capturing):
+        return
     where = _first(~cupy.isfinite(topk_weights))
     if where is not None:
         value = float(topk_weights[where])

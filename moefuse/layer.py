@@ -11,6 +11,7 @@ from ._arrays import (
     FLOAT32,
     as_device_array,
     contiguous,
+    device_buffer,
     optional_device_array,
     require_aligned,
 )
@@ -77,23 +78,53 @@ def workspace_specs(dims: ExpertDims, num_tokens: int, top_k: int, config: Forwa
 def workspace_bytes(
     dims: ExpertDims, num_tokens: int, top_k: int, fused_finalize: bool | None, out_dtype
 ) -> int:
+    """Device bytes that serve any call of up to `num_tokens` tokens with `top_k` slots, this
+    finalize path and output dtype on the current GPU (and kernel choice: `moefuse.override`).
+
+    Every array of the layout grows with T except x in permuted order, which the Hopper swapped
+    family alone reads, over one interval of T (docs/DESIGN.md D6): outside it the rows family's
+    layout may be smaller at a larger T. So the largest layout up to T is at T, at the interval's
+    last T up to T, or just before the interval starts."""
     if _validate.check_count(num_tokens, "num_tokens") == 0:
         return 0  # an empty batch launches nothing
-    _validate.check_count(top_k, "top_k")
+    if _validate.check_count(top_k, "top_k") == 0:
+        raise ValueError("top_k must be at least 1")
     fused = fused_finalize_enabled(fused_finalize)
     backend = backends.for_device(require_gpu())
     out_dtype = _validate.resolve_out_dtype(out_dtype, dims.dtype)
-    config = configure(backend, dims, num_tokens, top_k, fused, out_dtype)
-    return layout_bytes(workspace_specs(dims, num_tokens, top_k, config))
+
+    def config(tokens: int) -> ForwardConfig:
+        return configure(backend, dims, tokens, top_k, fused, out_dtype)
+
+    def layout(tokens: int) -> int:
+        return layout_bytes(workspace_specs(dims, tokens, top_k, config(tokens)))
+
+    candidates = {num_tokens}
+    permuting = _permuting_interval(lambda tokens: config(tokens).permutes_x, num_tokens)
+    if permuting is not None:
+        first, last = permuting
+        candidates |= {last, first - 1} - {0}
+    return max(layout(tokens) for tokens in candidates)
 
 
-def _device_buffer(workspace):
-    """The caller's workspace as a CuPy array: any C-contiguous, 16-byte aligned device buffer."""
-    workspace = as_device_array(workspace, "workspace")
-    if not workspace.flags.c_contiguous:
-        raise ValueError("workspace must be C-contiguous")
-    require_aligned(workspace, "workspace")
-    return workspace
+def _permuting_interval(permutes, num_tokens: int) -> tuple[int, int] | None:
+    """The first and last T in [1, num_tokens] where `permutes(T)`, which holds on one interval of
+    T at least an octave wide or unbounded above (D6): found by probing two points per octave
+    down from num_tokens, then bisecting each edge."""
+    octaves = 2 * num_tokens.bit_length() + 1
+    probes = sorted({max(1, round(num_tokens * 2 ** (-j / 2))) for j in range(octaves)}, reverse=True)
+    inside = next((tokens for tokens in probes if permutes(tokens)), None)
+    if inside is None:
+        return None
+
+    def edge(outside: int, within: int) -> int:
+        """The last T on `within`'s side of the edge between them."""
+        while abs(within - outside) > 1:
+            middle = (within + outside) // 2
+            within, outside = (middle, outside) if permutes(middle) else (within, middle)
+        return within
+
+    return edge(0, inside), edge(num_tokens + 1, inside)
 
 
 class MoELayer:
@@ -107,7 +138,9 @@ class MoELayer:
     Non-contiguous weights are copied once here. The workspace grows to the largest batch seen
     (or `reserve(max_tokens, top_k)` up front), or is the caller's (`workspace=`); then a call
     allocates nothing when given `out=`. A buffer a captured CUDA graph uses is kept for the
-    layer's lifetime, so graphs stay valid when a later batch grows the workspace.
+    layer's lifetime, so graphs stay valid when a later batch grows the workspace. The layer keeps
+    views of the last caller workspace it was given (its carved layouts) until it is given
+    another one or is deleted.
     """
 
     def __init__(
@@ -127,10 +160,11 @@ class MoELayer:
         self.dims = _validate.check_expert_weights(w1, w2, b1, b2)
         self.device_id = w1.data.device_id
         check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2)))
-        capturing = _capture.capturing()
-        self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
-        self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
-        self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
+        with self._on_device():  # copies of non-contiguous weights go where the weights are
+            capturing = _capture.capturing()
+            self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
+            self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
+            self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
         self._weight_spans = byte_spans((("w1", self.w1), ("w2", self.w2), ("b1", self.b1), ("b2", self.b2)))
         self.activation = activation
         self.first_expert = first_expert
@@ -140,19 +174,27 @@ class MoELayer:
         self._caller_workspace = Workspace(owned=False)
         self._carved: dict[tuple, _Carved] = {}
 
+    def _on_device(self):
+        import cupy
+
+        return cupy.cuda.Device(self.device_id)
+
     def workspace_bytes(
         self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
     ) -> int:
-        """Device bytes a call with `num_tokens` tokens, `top_k` slots, this finalize path and
-        output dtype needs: exactly what `workspace=` must hold, and what `reserve` allocates."""
-        return workspace_bytes(self.dims, num_tokens, top_k, fused_finalize, out_dtype)
+        """Device bytes that serve every call of up to `num_tokens` tokens with `top_k` slots, this
+        finalize path and output dtype: what `workspace=` must hold, and what `reserve`
+        allocates."""
+        with self._on_device():
+            return workspace_bytes(self.dims, num_tokens, top_k, fused_finalize, out_dtype)
 
     def reserve(
         self, max_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
     ) -> None:
-        """Allocate the layer's own workspace for batches of up to `max_tokens` tokens now."""
+        """Allocate the layer's own workspace for every batch of up to `max_tokens` tokens now."""
         needed = self.workspace_bytes(max_tokens, top_k, fused_finalize=fused_finalize, out_dtype=out_dtype)
-        self._grow(self._workspace, needed)
+        with self._on_device():
+            self._grow(self._workspace, needed)
 
     def _grow(self, workspace: Workspace, nbytes: int) -> None:
         """Let the views carved from `workspace` go before its buffer is replaced (they would keep
@@ -247,22 +289,18 @@ class MoELayer:
             _validate.check_out(out, shape, dtype)
             require_aligned(out, "out")
         if workspace is not None:
-            workspace = _device_buffer(workspace)
-        if device_id != self.device_id:
-            raise ValueError(
-                f"the layer's weights are on GPU {self.device_id}, but the current device is GPU "
-                f"{device_id}; call it inside `with cupy.cuda.Device({self.device_id}):`"
-            )
+            workspace = device_buffer(workspace, "workspace")
         inputs = (("x", x), ("topk_weights", topk_weights), ("topk_ids", topk_ids))
         outputs = (("out", out), ("workspace", workspace))
-        check_device(device_id, (*inputs, *outputs))
+        check_device(device_id, (("the layer's w1", self.w1), *inputs, *outputs))
         check_disjoint(outputs, inputs, self._weight_spans)
         if out is None:
             out = cupy.empty(shape, dtype=_validate.resolve_out_dtype(out_dtype, x.dtype))
         if num_tokens == 0:
             return out, []
         if _debug.enabled():
-            _debug.check_routing(topk_ids, topk_weights, self.num_experts, capturing)
+            _debug.check_ids(topk_ids, self.num_experts, capturing)
+            _debug.check_weights(topk_weights, capturing)
 
         fused = fused_finalize_enabled(fused_finalize)
         x, topk_ids = contiguous(x, "x", capturing), contiguous(topk_ids, "topk_ids", capturing)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _capture, _validate, backends, kernels
+from . import _capture, _debug, _validate, backends, kernels
 from ._aliasing import check_device, check_disjoint
 from ._arrays import (
     ACTIVATION_DTYPES,
@@ -66,6 +66,8 @@ def plan(
     device_id, capturing = require_gpu(), _capture.capturing()
     check_device(device_id, (("topk_ids", ids),))
     ids = contiguous(ids, "topk_ids", capturing)
+    if _debug.enabled():
+        _debug.check_ids(ids, num_experts, capturing)
     backend = backends.for_device(device_id)
     _validate.check_tile_m(tile_m, backend.tile_ms())
     if tile_m is None:

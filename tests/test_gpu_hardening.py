@@ -8,7 +8,7 @@ import pytest
 import moefuse
 from moefuse import reference
 from moefuse.plan import PLAN_ARRAYS
-from moefuse_bench.problems import DTYPES, TOLERANCE, moe_problem, randn
+from moefuse_bench.problems import DTYPES, TOLERANCE, moe_problem, randn, random_ids
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("backend")]
 
@@ -58,14 +58,14 @@ def capture(fn):
     return stream, graph, result
 
 
-def replay_against_eager(rng, stream, graph, refill, captured, eager):
+def replay_against_eager(rng, stream, replay, refill, captured, eager):
     """REPLAYS times: `refill()` writes new random inputs into the captured buffers, the pool is
-    churned, the graph replays, and its outputs (`captured()`) must equal an eager call's
-    (`eager()`) bit for bit."""
+    churned, `replay()` launches the graphs on `stream`, and their outputs (`captured()`) must
+    equal an eager call's (`eager()`) bit for bit."""
     for _ in range(REPLAYS):
         refill()
         churn(rng)
-        graph.launch(stream)
+        replay()
         stream.synchronize()
         for got, want in zip(captured(), eager(), strict=True):
             assert np.array_equal(bits(got), bits(want))
@@ -91,7 +91,7 @@ def test_route_captured_replays_like_eager_calls(rng, backend):
         replay_against_eager(
             rng,
             stream,
-            graph,
+            lambda stream=stream, graph=graph: graph.launch(stream),
             refill,
             lambda w=weights, i=ids: (w, i),
             lambda lg=logits: moefuse.route(lg, TOP_K),
@@ -127,7 +127,10 @@ def test_plan_and_grouped_gemm_captured_replay_like_eager_calls(rng, backend):
         plan = moefuse.plan(ids, EXPERTS, tile_m=64)
         return routed_rows(plan, moefuse.grouped_gemm(a, w, plan))
 
-    replay_against_eager(rng, stream, graph, refill, lambda: routed_rows(captured_plan, out), eager)
+    def replay():
+        graph.launch(stream)
+
+    replay_against_eager(rng, stream, replay, refill, lambda: routed_rows(captured_plan, out), eager)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -157,13 +160,22 @@ def test_fused_moe_and_layer_captured_replay_like_eager_calls(rng, fused):
     def refill():
         x[...] = cupy.asarray(rng.standard_normal(x.shape).astype(BF16))
         weights[...] = cupy.asarray(rng.random(weights.shape).astype(np.float32))
+        ids[...] = cupy.asarray(random_ids(rng, TOKENS, TOP_K, EXPERTS, skew=0.3))
 
     def eager():
         want = moefuse.fused_moe(x, *weight_args, weights, ids, **kwargs)
-        return want, want
+        return want, want, want
 
-    replay_against_eager(rng, stream, graph, refill, lambda: (out_f, out_l), eager)
-    want = reference.moe(x.get(), p.w1, p.w2, weights.get(), p.topk_ids, p.b1, p.b2)
+    cold = moefuse.MoELayer(*weight_args, d["b1"], d["b2"])  # first called under capture
+    out_c = poisoned((TOKENS, HIDDEN))
+    _, cold_graph, _ = capture(lambda: cold(x, weights, ids, out=out_c, fused_finalize=fused))
+
+    def both_graphs():
+        graph.launch(stream)
+        cold_graph.launch(stream)
+
+    replay_against_eager(rng, stream, both_graphs, refill, lambda: (out_f, out_l, out_c), eager)
+    want = reference.moe(x.get(), p.w1, p.w2, weights.get(), ids.get(), p.b1, p.b2)
     assert reference.relative_error(out_l.get(), want) < TOLERANCE["bf16"]
 
 
@@ -216,8 +228,10 @@ def test_caller_workspace_of_the_queried_size_and_nothing_allocated(rng, fused, 
     workspace, out = cupy.full(nbytes, 0xFF, dtype=cupy.uint8), poisoned((300, HIDDEN), out_type)
     moefuse.fused_moe(*args, out=out, workspace=workspace, **kwargs)  # modules loaded
 
-    with pytest.raises(ValueError, match=f"workspace has {nbytes - 1} bytes; this call needs {nbytes}"):
-        moefuse.fused_moe(*args, out=out, workspace=workspace[: nbytes - 1], **kwargs)
+    out.fill(np.nan)
+    with pytest.raises(ValueError, match=r"workspace has 4096 bytes; this call needs \d+"):
+        moefuse.fused_moe(*args, out=out, workspace=workspace[:4096], **kwargs)
+    assert bool(cupy.isnan(out.astype(cupy.float32)).all()), "a kernel ran before the size check"
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids, p.b1, p.b2)
     allocate, calls = counting_allocations()
     for run in (
@@ -352,6 +366,8 @@ def test_debug_switch_raises_on_the_first_bad_id_or_weight(rng, backend, monkeyp
         moefuse.fused_moe(x, w1, w2, d["topk_weights"], ids)
     with pytest.raises(ValueError, match=r"topk_weights\[7, 0\] = inf is not finite"):
         moefuse.fused_moe(x, w1, w2, weights, d["topk_ids"])
+    with pytest.raises(ValueError, match=r"topk_ids\[13, 1\] = 11 is not an expert id"):
+        moefuse.plan(ids, EXPERTS)
     good = moefuse.fused_moe(x, w1, w2, d["topk_weights"], d["topk_ids"]).get()
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, p.topk_ids)
     assert reference.relative_error(good, want) < TOLERANCE["bf16"]
@@ -360,3 +376,33 @@ def test_debug_switch_raises_on_the_first_bad_id_or_weight(rng, backend, monkeyp
     got = moefuse.fused_moe(x, w1, w2, d["topk_weights"], ids).get()
     want = reference.moe(p.x, p.w1, p.w2, p.topk_weights, ids.get())
     assert reference.relative_error(got, want) < TOLERANCE["bf16"]
+
+
+def test_a_workspace_sized_for_t_serves_every_smaller_batch(rng, backend):
+    """An OLMoE-like shape (k = 8 of 64 experts, I = 1024), where Hopper's swapped family reads x
+    in permuted order only between 96 and 192 rows per expert (T = 768 ... 1536): its layouts
+    there are larger than at T = 2048. reserve(2048) and workspace_bytes(2048) cover them all."""
+    import cupy
+
+    hidden, inter, experts, top_k, most = 2048, 1024, 64, 8, 2048
+    w1 = randn((experts, 2 * inter, hidden), hidden**-0.5, BF16)
+    w2 = randn((experts, hidden, inter), inter**-0.5, BF16)
+    x = randn((most, hidden), 1.0, BF16)
+    ids = cupy.asarray(random_ids(rng, most, top_k, experts))
+    weights = cupy.full((most, top_k), 1.0 / top_k, dtype=cupy.float32)
+    out = cupy.empty((most, hidden), dtype=BF16)
+    layer = moefuse.MoELayer(w1, w2)
+    layer.reserve(most, top_k)
+    workspace = cupy.empty(moefuse.workspace_bytes(most, top_k, w1, w2), dtype=cupy.uint8)
+    assert workspace.nbytes == layer.workspace_bytes(most, top_k)
+    generation = layer._workspace.generation
+    allocate, calls = counting_allocations()
+    for tokens in (1, 700, 767, 768, 1000, 1536, 1537, 2048):
+        args = (x[:tokens], weights[:tokens], ids[:tokens])
+        cupy.cuda.set_allocator(allocate)
+        try:
+            layer(*args, out=out[:tokens])
+            moefuse.fused_moe(*args[:1], w1, w2, *args[1:], out=out[:tokens], workspace=workspace)
+        finally:
+            cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)
+        assert calls == [] and layer._workspace.generation == generation, f"T={tokens} allocated"

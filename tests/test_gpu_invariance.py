@@ -60,9 +60,9 @@ from moefuse_bench.problems import DTYPES, TOLERANCE, MoEProblem, random_ids
 
 pytestmark = pytest.mark.gpu
 
-FULL_BATCH = 2048
+FULL_BATCH = 4096
 # Decode sizes, both sides of the 64- and 128-row tiles, odd sizes, and batches near the full one.
-SIZES = (1, 2, 3, 7, 16, 17, 64, 100, 127, 128, 129, 255, 256, 511, 1000, 1024, 2048)
+SIZES = (1, 2, 3, 7, 16, 17, 64, 100, 127, 128, 129, 255, 256, 511, 1000, 1024, 2048, 3001, 4095)
 # Where the kernel choice is looked up (host only, no launch) to find its switch points: between
 # two of these the choice may switch away and back unseen.
 PROBES = tuple(range(32, FULL_BATCH, 32))
@@ -298,8 +298,8 @@ def check_mode(mode: str, layer, p: MoEProblem, d: dict, want, idle, case: Case,
     choice = functools.cache(lambda t: kernel_choice(layer, t, k, fused, out_dtype, guards=False))
     switches = switch_sizes(choice, SIZES + PROBES, MAX_SWITCHES)
     sizes = sorted(set(SIZES) | {t for s in switches for t in (s - 1, s)})
-    for t in sizes:  # the largest layout of them all now: no call below grows (and un-poisons) it
-        layer.reserve(t, k, fused_finalize=fused)
+    # Every layout up to the full batch: no call below grows (and un-poisons) the workspace.
+    layer.reserve(FULL_BATCH, k, fused_finalize=fused, out_dtype=out_dtype)
 
     full = run(layer, d["x"], d["topk_weights"], d["topk_ids"], out_dtype, fused)
     full_kernels = kernel_choice(layer, FULL_BATCH, k, fused, out_dtype)
