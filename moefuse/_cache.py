@@ -11,28 +11,40 @@ record first: no cubin is ever visible before its record, so a cubin without one
 published whole (damaged), and a record without its cubin (a publish under way, or cut short) is
 no entry. NVRTC's output depends only on what the key covers (two compiles are byte-identical),
 so processes publishing the same entry at once write the same two files, and any interleaving of
-their renames leaves a matching pair.
+their renames leaves a matching pair. The runtime publishes private files (0600) into a private
+folder (0700); `python -m moefuse.precompile --out DIR` publishes files readable by all (0644)
+and creates DIR 0755, so that a cache built by one user (root, in a deployment image) serves
+others. Neither is writable by anyone but its owner, so both are trusted (below).
 
 Reading. The cubin is read once, checked against its record's size and digest, and the module is
 loaded from those bytes: nothing can change between the check and the load. An entry that is
 truncated or corrupt, lacks its record or cannot be read, or that another user could have written
 (group or other write permission, or an owner other than this user or root) is damaged: one
 CacheWarning names it, and it is compiled and published again (the rename replaces it by a fresh
-file of this user's).
+file of this user's). The verified bytes of each module are kept for the process (`_verified`):
+its launch contracts and its loads on every device read the same bytes, read and checked once.
 
 Folders. A cubin runs in the caller's process with access to all its GPU memory. The runtime's
 folder, $MOEFUSE_CACHE_DIR or ~/.cache/moefuse, is created with mode 0700. One that cannot be
 created, or that another user could write into (the rule above), is not used at all: the runtime
 compiles into a private folder instead (tempfile.mkdtemp, mode 0700, one per process, removed at
-exit) and says so in one CacheWarning naming both. A trusted folder this process cannot write (a
-read-only, pre-built cache) is still read; what it lacks is compiled into the private folder,
-with that warning at the first such compile.
+exit) and says so in one CacheWarning naming both; where the folder is this user's and only its
+mode is wrong, the warning names the fix (`chmod go-w DIR`): a library does not change a folder's
+permissions itself. A trusted folder this process cannot write (a read-only, pre-built cache) is
+still read; what it lacks is compiled into the private folder, with that warning at the first
+such compile. A publish that fails at run time (a full disk, a quota, a read-only mount that
+os.access called writable) does not fail the call: the module is already compiled in memory,
+and the process says so in one CacheWarning naming the folder and the error, then compiles into
+its private folder from there on (where that fails too, the compiled bytes serve the process).
+`python -m moefuse.precompile` fails on such an error instead (exit status 1).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -43,16 +55,21 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from . import _nvrtc, _sources, _spec
 
 CACHE_ENV = "MOEFUSE_CACHE_DIR"
 # In the key: entries of an earlier layout (no record) read as absent, not as damaged.
 ENTRY_FORMAT = "cubin and record 1"
+# (folder, files): the runtime's own cache, and one that precompile --out builds for every user.
+# Only the owner may write either: both pass _distrust.
+PRIVATE_MODES = (0o700, 0o600)
+SHARED_MODES = (0o755, 0o644)
 
 
 class CacheWarning(RuntimeWarning):
@@ -93,39 +110,47 @@ def record_path(cubin: Path) -> Path:
     return cubin.with_name(cubin.name + ".json")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp's 0600, or wider; the umask does not apply
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            os.unlink(tmp)
         raise
 
 
-def publish(path: Path, result: _nvrtc.CompileResult) -> None:
-    """Publish the entry: its record, then the cubin (the module docstring says why in that order)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def publish(path: Path, result: _nvrtc.CompileResult, *, shared: bool = False) -> None:
+    """Publish the entry: its record, then the cubin (the module docstring says why in that order),
+    private files, or (`shared`) files readable by all."""
+    folder_mode, file_mode = SHARED_MODES if shared else PRIVATE_MODES
+    path.parent.mkdir(parents=True, exist_ok=True, mode=folder_mode)
     digest = hashlib.sha256(result.cubin).hexdigest()
     record = {"size": len(result.cubin), "sha256": digest, "log": result.log}
-    _write_atomically(record_path(path), json.dumps(record).encode())
-    _write_atomically(path, result.cubin)
+    _write_atomically(record_path(path), json.dumps(record).encode(), file_mode)
+    _write_atomically(path, result.cubin, file_mode)
 
 
-def _distrust(status: os.stat_result) -> str | None:
-    """Why another user could have written the file or folder with this status (None: no one could)."""
+def _distrust(status: os.stat_result, path: Path) -> str | None:
+    """Why another user could have written the file or folder at `path` with this status (None: no
+    one could). Where it is this user's, the reason ends with the command that fixes it."""
     if status.st_uid not in (os.geteuid(), 0):
         return f"is owned by another user (uid {status.st_uid})"
     if status.st_mode & 0o022:
-        return f"is writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
+        mode = stat.S_IMODE(status.st_mode)
+        if status.st_uid != os.geteuid():  # root's, and this is not root: nothing to suggest
+            return f"is writable by other users (mode {mode:o})"
+        return f"is writable by other users (mode {mode:o}; it is yours: `chmod go-w {path}` fixes that)"
     return None
 
 
 def _read_trusted(path: Path) -> bytes:
     """The file's bytes, its owner and mode checked on the open file itself."""
     with open(path, "rb") as f:
-        if problem := _distrust(os.fstat(f.fileno())):
+        if problem := _distrust(os.fstat(f.fileno()), path):
             raise DamagedEntry(problem)
         return f.read()
 
@@ -174,31 +199,50 @@ def cached(path: Path, *, warn: bool = True) -> _nvrtc.CompileResult | None:
         return None
 
 
-def compile_module(
-    module: str, arch: str, *, directory: Path, root: Path | None = None, source: str | None = None
+def _compiled(
+    module: str, arch: str, directory: Path, root: Path | None = None, source: str | None = None
 ) -> tuple[Path, _nvrtc.CompileResult]:
-    """Compile the module for `arch` (from `source`, default: the module's source now) and
-    publish it into `directory`; the entry's path and the compile result."""
+    """The module compiled for `arch` (from `source`, default: the module's source now), not yet
+    published, and the path of its entry in `directory`."""
     root, source = root or _sources.source_root(), source or _sources.source_file(module)
     path = cubin_path(module, arch, root, directory, source)
-    result = _nvrtc.compile_cubin(root / source, arch, include_dir=root, module=module)
-    publish(path, result)
+    return path, _nvrtc.compile_cubin(root / source, arch, include_dir=root, module=module)
+
+
+def compile_module(
+    module: str,
+    arch: str,
+    *,
+    directory: Path,
+    root: Path | None = None,
+    source: str | None = None,
+    shared: bool = False,
+) -> tuple[Path, _nvrtc.CompileResult]:
+    """Compile the module for `arch` (from `source`, default: the module's source now) and
+    publish it into `directory` (`shared`: readable by all); the entry's path and the compile
+    result. A failed publish raises its OSError."""
+    path, result = _compiled(module, arch, directory, root, source)
+    publish(path, result, shared=shared)
     return path, result
 
 
+T = TypeVar("T")
+
+
 def compile_all(
-    builds: list[tuple[str, str]], directory: Path, workers: int
-) -> Iterator[tuple[tuple[str, str], _nvrtc.CompileResult, float]]:
-    """Compile and publish every (module, arch) into `directory`, `workers` at a time (NVRTC runs
-    outside the GIL), each in a copy of the caller's context (the overrides' sources). Yields
-    each build as it finishes, with its result and seconds; a CompileError surfaces here."""
+    builds: list[tuple[str, str]], workers: int, work: Callable[[str, str], T]
+) -> Iterator[tuple[tuple[str, str], T, float]]:
+    """Run `work(module, arch)` (a compile and publish) for every build, `workers` at a time
+    (NVRTC runs outside the GIL), each in a copy of the caller's context (the overrides'
+    sources). Yields each build as it finishes, with its value and seconds; an exception of
+    `work` (a CompileError) surfaces here."""
     if not builds:
         return
 
-    def timed(build: tuple[str, str]) -> tuple[_nvrtc.CompileResult, float]:
+    def timed(build: tuple[str, str]) -> tuple[T, float]:
         start = time.perf_counter()
-        _, result = compile_module(*build, directory=directory)
-        return result, time.perf_counter() - start
+        value = work(*build)
+        return value, time.perf_counter() - start
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(contextvars.copy_context().run, timed, build): build for build in builds}
@@ -216,6 +260,7 @@ class _Folders:
 
 _private: dict[int, Path] = {}  # per process id: a forked child makes its own
 _folders: dict[Path, _Folders] = {}  # per configured cache folder
+_unwritable: set[Path] = set()  # folders a runtime publish failed in (each warned about once)
 
 
 def private_dir() -> Path:
@@ -235,8 +280,8 @@ def _remove_private(path: Path, pid: int) -> None:
 def _unusable(folder: Path) -> str | None:
     """Why the runtime must not use `folder` at all (None: it may)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return _distrust(folder.stat())
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_MODES[0])
+        return _distrust(folder.stat(), folder)
     except OSError as exc:
         return f"cannot be created ({exc.strerror or exc})"
 
@@ -281,6 +326,64 @@ def _write_folder() -> Path:
     return folders.write
 
 
+def _publish_failed(path: Path, result: _nvrtc.CompileResult, error: OSError) -> None:
+    """A runtime publish of `path` failed (a full disk, a quota, a read-only mount): the module is
+    compiled, and its bytes serve this process (the caller keeps them in `_verified`). Says so
+    once per folder; from the configured folder, the process moves to its private folder, as for
+    an unwritable one, and publishes the entry there."""
+    folder = path.parent
+    try:
+        private = private_dir()
+    except OSError:
+        private = folder  # no private folder either: what this process compiles stays in memory
+    if folder not in _unwritable:
+        _unwritable.add(folder)
+        instead = (
+            f"compiling into {private} for this process instead"
+            if private != folder
+            else "keeping what this process compiles in memory"
+        )
+        warnings.warn(
+            f"moefuse: cannot publish into the kernel cache folder {folder} "
+            f"({error.strerror or error}): {instead}",
+            CacheWarning,
+            stacklevel=3,
+        )
+    if private == folder:
+        return
+    configured = cache_dir()
+    folders = _folders.get(configured)
+    if folders is not None and folders.write == folder:
+        read = (private, *(f for f in folders.read if f != private))
+        _folders[configured] = _Folders(read=read, write=private)
+    try:
+        publish(private / path.name, result)
+    except OSError as exc:
+        _publish_failed(private / path.name, result, exc)
+
+
+def _compile_unfailing(
+    module: str, arch: str, directory: Path, source: str | None = None
+) -> tuple[Path, _nvrtc.CompileResult, OSError | None]:
+    """compile_module into `directory`, a failed publish returned instead of raised (for the
+    caller's thread to handle): (path, result, OSError or None)."""
+    path, result = _compiled(module, arch, directory, source=source)
+    try:
+        publish(path, result)
+    except OSError as exc:
+        return path, result, exc
+    return path, result, None
+
+
+def _compile_at_runtime(module: str, arch: str, source: str | None = None) -> _nvrtc.CompileResult:
+    """The module compiled and published into the runtime's folder; a failed publish warns and
+    moves this process to its private folder instead of raising."""
+    path, result, error = _compile_unfailing(module, arch, _write_folder(), source)
+    if error is not None:
+        _publish_failed(path, result, error)
+    return result
+
+
 def _find(module: str, arch: str, source: str, *, warn: bool = True) -> _nvrtc.CompileResult | None:
     """The module's verified entry in the first of the runtime's folders that has one."""
     name = entry_name(module, arch, _sources.source_root(), source)
@@ -294,8 +397,16 @@ def _find(module: str, arch: str, source: str, *, warn: bool = True) -> _nvrtc.C
 def compile_missing(arch: str) -> None:
     """Compile, in parallel, every module for `arch` that the runtime's folders lack or hold
     damaged (a cold start then costs about the slowest module instead of the sum). A cold start
-    takes ~15 s on Hopper, so it says so on stderr, once at the start and once at the end."""
-    missing = [m for m in _sources.modules_for(arch) if _find(m, arch, _sources.source_file(m)) is None]
+    takes ~15 s on Hopper, so it says so on stderr, once at the start and once at the end. Keeps
+    the bytes of every module it verifies or compiles in `_verified`."""
+    root, missing = _sources.source_root(), []
+    for module in _sources.modules_for(arch):
+        source = _sources.source_file(module)
+        found = _find(module, arch, source)
+        if found is None:
+            missing.append(module)
+        else:
+            _verified[(module, arch, source, root)] = found.cubin
     if not missing:
         return
     directory = _write_folder()
@@ -305,28 +416,37 @@ def compile_missing(arch: str) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    for _ in compile_all([(m, arch) for m in missing], directory, workers=len(missing)):
-        pass
+    builds = [(m, arch) for m in missing]
+    work = functools.partial(_compile_unfailing, directory=directory)
+    for (module, _), (path, result, error), _ in compile_all(builds, len(builds), work):
+        if error is not None:
+            _publish_failed(path, result, error)
+        _verified[(module, arch, _sources.source_file(module), root)] = result.cubin  # replaces a stale one
     print(f"moefuse: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 _loaded: dict[tuple, object] = {}
 _functions: dict[tuple, object] = {}
 _specs: dict[tuple, dict[str, _spec.KernelSpec]] = {}
+# (module, arch, source, source root) -> the cubin read and checked, or compiled, in this process
+_verified: dict[tuple, bytes] = {}
 _lock = threading.Lock()
 
 
 def _cubin(module: str, arch: str, source: str) -> bytes:
-    """The module's verified cubin for `arch` from `source`. Where the cache lacks it, every
-    module the arch lacks compiles first; that pass warns about a damaged entry, so the first
-    look here does not (one warning per entry)."""
-    found = _find(module, arch, source, warn=False)
-    if found is None:
-        compile_missing(arch)
-        found = _find(module, arch, source)  # built above, unless `source` is not the context's
-    if found is None:
-        _, found = compile_module(module, arch, directory=_write_folder(), source=source)
-    return found.cubin
+    """The module's verified cubin for `arch` from `source`, read and checked once per process.
+    Where the cache lacks it, every module the arch lacks compiles first; that pass warns about a
+    damaged entry, so the first look here does not (one warning per entry)."""
+    key = (module, arch, source, _sources.source_root())
+    if key not in _verified:
+        found = _find(module, arch, source, warn=False)
+        if found is None:
+            compile_missing(arch)  # keeps what it reads and compiles in _verified
+        if found is None and key not in _verified:  # `source` is not the context's
+            found = _find(module, arch, source) or _compile_at_runtime(module, arch, source)
+        if found is not None:
+            _verified[key] = found.cubin
+    return _verified[key]
 
 
 def module_specs(module: str, arch: str) -> dict[str, _spec.KernelSpec]:

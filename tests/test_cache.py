@@ -6,6 +6,7 @@ must compile compiles "permute" (the smallest module, ~0.4 s), or "routing" besi
 its docstring says so.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -48,10 +49,12 @@ def cache_warnings(call):
 
 @pytest.fixture
 def runtime(monkeypatch):
-    """The runtime's memos emptied (launch contracts, this process's private folder) for a test
-    that points MOEFUSE_CACHE_DIR somewhere."""
+    """The runtime's memos emptied (launch contracts, verified cubins, this process's private
+    folder, folders a publish failed in) for a test that points MOEFUSE_CACHE_DIR somewhere."""
     monkeypatch.setattr(_cache, "_specs", {})
+    monkeypatch.setattr(_cache, "_verified", {})
     monkeypatch.setattr(_cache, "_private", {})
+    monkeypatch.setattr(_cache, "_unwritable", set())
 
 
 def test_cache_key_covers_every_source_byte(tmp_path):
@@ -127,8 +130,9 @@ DAMAGE = {
     flip_a_byte: "does not match its record's SHA-256",
     remove_the_record: "has no record",
     garble_the_record: "has a malformed record",
-    let_others_write: "is writable by other users (mode 666)",
-    let_others_write_the_record: "has a record that is writable by other users (mode 664)",
+    let_others_write: "is writable by other users (mode 666; it is yours: `chmod go-w {cubin}` fixes that)",
+    let_others_write_the_record: "has a record that is writable by other users (mode 664; it is yours: "
+    "`chmod go-w {cubin}.json` fixes that)",
 }
 
 
@@ -142,7 +146,7 @@ def test_a_damaged_entry_is_compiled_again_with_one_warning(compiled, tmp_path, 
     damage(path)
     specs, said = cache_warnings(lambda: _cache.module_specs("permute", ARCH))
     assert len(said) == 1, said
-    assert str(path) in said[0] and DAMAGE[damage] in said[0]
+    assert str(path) in said[0] and DAMAGE[damage].format(cubin=path) in said[0]
     assert specs and all(spec.module == "permute" for spec in specs.values())
     assert _cache.read_entry(path).cubin == compiled[(ARCH, "permute")][1].cubin  # republished, verified
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -206,8 +210,9 @@ def planted(folder):
 
 
 def open_to_others(tmp_path):
-    planted(tmp_path / "cache").chmod(0o777)
-    return tmp_path / "cache", "is writable by other users (mode 777)"
+    folder = tmp_path / "cache"
+    planted(folder).chmod(0o777)
+    return folder, f"is writable by other users (mode 777; it is yours: `chmod go-w {folder}` fixes that)"
 
 
 def another_users(tmp_path):
@@ -293,3 +298,121 @@ def test_compile_missing_raises_the_compile_error_of_any_module(tmp_path, monkey
     ):
         _cache.compile_missing(ARCH)
     assert _cache.read_entry(_cache.cubin_path("routing", ARCH, root, tmp_path / "cache", "tiny.cu"))
+
+
+def test_a_group_writable_folder_of_yours_is_refused_with_the_command_that_fixes_it(
+    compiled, tmp_path, monkeypatch, runtime
+):
+    """A warm cache folder made by a plain `mkdir` under umask 002 (mode 775): not used, and the
+    warning names `chmod go-w` on it (moefuse does not change it); once that is run, a new process
+    uses it as it is. Compiles permute (~0.4 s) into the private folder."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    folder = tmp_path / "cache"
+    old = os.umask(0o002)
+    try:
+        folder.mkdir()
+    finally:
+        os.umask(old)
+    copy_entries(compiled, folder, ["permute"])
+    monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
+    _, said = cache_warnings(lambda: _cache.module_specs("permute", ARCH))
+    assert len(said) == 1 and f"(mode 775; it is yours: `chmod go-w {folder}` fixes that)" in said[0], said
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o775  # left as it was
+    subprocess.run(["chmod", "go-w", str(folder)], check=True)  # the command the warning names
+    monkeypatch.setattr(_cache, "_folders", {})  # a new process
+    monkeypatch.setattr(_cache, "_specs", {})
+    monkeypatch.setattr(_cache, "_verified", {})
+    assert cache_warnings(lambda: _cache.module_specs("permute", ARCH))[1] == []
+    assert _cache._runtime_folders().read == (folder,)
+
+
+def test_the_command_is_named_only_for_a_file_or_folder_of_this_user(monkeypatch):
+    """Root's group-writable folder, seen by another user, has no command that user could run."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    folder = tempfile.gettempdir()
+
+    def status(uid, mode):
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, uid, 0, 0, 0, 0))
+
+    assert _cache._distrust(status(1000, 0o775), folder).endswith(f"`chmod go-w {folder}` fixes that)")
+    assert _cache._distrust(status(0, 0o775), folder) == "is writable by other users (mode 775)"
+    assert _cache._distrust(status(0, 0o755), folder) is None
+    assert _cache._distrust(status(1001, 0o755), folder) == "is owned by another user (uid 1001)"
+
+
+def failing_replace(monkeypatch, failing):
+    """os.replace raising ENOSPC (a full disk) for every target whose folder `failing` accepts."""
+    replace = os.replace
+
+    def full(src, dst, **kwargs):
+        if failing(os.path.dirname(dst)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        return replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+
+
+def test_a_failed_publish_at_run_time_moves_the_process_to_its_private_folder(
+    compiled, tmp_path, monkeypatch, runtime
+):
+    """The disk of the cache folder is full (os.access still calls it writable): permute, compiled
+    (~0.4 s), serves the call and is published into the private folder, with one warning naming
+    the folder and the error; later compiles go there directly, silently. No temporary file is
+    left behind."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
+    failing_replace(monkeypatch, lambda parent: parent == str(folder))
+    specs, said = cache_warnings(lambda: _cache.module_specs("permute", ARCH))
+    private = _cache.private_dir()
+    assert len(said) == 1, said
+    assert f"cannot publish into the kernel cache folder {folder} (No space left on device)" in said[0]
+    assert f"compiling into {private} for this process instead" in said[0]
+    assert specs and all(spec.module == "permute" for spec in specs.values())
+    assert list(folder.iterdir()) == []  # the record's publish failed first; its temporary file is gone
+    path = entry(private, "permute")
+    assert _cache.read_entry(path).cubin == compiled[(ARCH, "permute")][1].cubin
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert _cache._runtime_folders() == _cache._Folders(read=(private, folder), write=private)
+    path.unlink()  # the next compile of this process goes straight to the private folder
+    monkeypatch.setattr(_cache, "_verified", {})
+    assert cache_warnings(lambda: _cache._cubin("permute", ARCH, "permute.cu"))[1] == []
+    assert _cache.read_entry(path) is not None
+
+
+def test_where_the_private_folder_fails_too_the_compiled_module_serves_from_memory(
+    compiled, tmp_path, monkeypatch, runtime
+):
+    """Every disk is full: permute (~0.4 s) still serves the call, from the compiled bytes, with
+    one warning per folder."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
+    failing_replace(monkeypatch, lambda parent: True)
+    specs, said = cache_warnings(lambda: _cache.module_specs("permute", ARCH))
+    private = _cache.private_dir()
+    assert len(said) == 2 and str(folder) in said[0], said
+    assert f"cannot publish into the kernel cache folder {private} (No space left on device)" in said[1]
+    assert "keeping what this process compiles in memory" in said[1]
+    assert specs
+    assert _cache._cubin("permute", ARCH, "permute.cu") == compiled[(ARCH, "permute")][1].cubin
+    assert list(folder.iterdir()) == list(private.iterdir()) == []
+
+
+def test_a_module_is_read_and_checked_once_per_process(compiled, tmp_path, monkeypatch, runtime):
+    """Its launch contracts and its load on each device take the same verified bytes, read once;
+    a module compiled again replaces them (permute, ~0.4 s)."""
+    folder = copy_entries(compiled, tmp_path / "cache", _sources.modules_for(ARCH))
+    monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
+    reads = []
+    read_entry = _cache.read_entry
+    monkeypatch.setattr(_cache, "read_entry", lambda path: reads.append(path) or read_entry(path))
+    _cache.module_specs("permute", ARCH)
+    for _ in range(3):  # what load_function loads, on each of three devices
+        assert _cache._cubin("permute", ARCH, "permute.cu") == compiled[(ARCH, "permute")][1].cubin
+    assert reads == [entry(folder, "permute")]
+    key = ("permute", ARCH, "permute.cu", _sources.source_root())
+    _cache._verified[key] = b"stale"
+    entry(folder, "permute").unlink()
+    _cache.compile_missing(ARCH)
+    assert _cache._verified[key] == compiled[(ARCH, "permute")][1].cubin

@@ -5,15 +5,20 @@ Run against the session's `compiled` folder, the command compiles nothing; a tes
 compile compiles "permute" (~0.4 s) and says so.
 """
 
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 import moefuse
-from moefuse import _cache, _nvrtc, _sources, precompile
+from moefuse import _cache, _nvrtc, _sources, _spec, precompile
 from tests.conftest import ARCHS
-from tests.test_cache import copy_entries, entry
+from tests.test_cache import cache_warnings, copy_entries, entry, failing_replace
 
 
 def session_folder(compiled):
@@ -111,3 +116,115 @@ def test_an_unusable_out_folder_exits_1(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert precompile.main(["--arch", "sm_80", "--out", str(tmp_path / "file" / "out")]) == 1
     assert "Not a directory" in capsys.readouterr().err
+
+
+def modes(folder):
+    """The mode of `folder` and of each file in it."""
+    return {path.name: stat.S_IMODE(path.stat().st_mode) for path in (folder, *folder.iterdir())}
+
+
+def test_out_is_a_cache_every_user_can_read_and_only_its_owner_write(compiled, tmp_path, monkeypatch):
+    """--out DIR: a new DIR (and the folder above it) 0755, entries 0644, whatever the umask (077
+    here), so that a cache built by root in an image serves the non-root user who runs the
+    model; trusted by the runtime. The default folder stays private. Compiles permute twice
+    (~0.8 s)."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    out, default = tmp_path / "image" / "cache", tmp_path / "home" / "cache"
+    monkeypatch.setenv(_cache.CACHE_ENV, str(default))
+    old = os.umask(0o077)
+    try:
+        assert precompile.main(["--arch", "sm_80", "--out", str(out)]) == 0
+        assert precompile.main(["--arch", "sm_80"]) == 0
+    finally:
+        os.umask(old)
+    path = entry(out, "permute")
+    assert modes(out) == {"cache": 0o755, path.name: 0o644, f"{path.name}.json": 0o644}
+    assert stat.S_IMODE(out.parent.stat().st_mode) == 0o755  # made here too: other users pass through
+    assert modes(default) == {"cache": 0o700, path.name: 0o600, f"{path.name}.json": 0o600}
+    for published in (out, path, _cache.record_path(path)):
+        assert _cache._distrust(published.stat(), published) is None
+    assert _cache.read_entry(path).cubin == compiled[("sm_80", "permute")][1].cubin
+
+
+NOBODY = 65534
+
+
+def as_nobody(call):
+    """`call()`'s repr, or its exception's, from a forked child that runs as user and group
+    65534, with no other groups (it imports nothing new: the interpreter lies under /root)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            said = repr(call())
+        except BaseException as exc:
+            said = f"raised {exc!r}"
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        said = pipe.read()
+    os.waitpid(pid, 0)
+    return said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root")
+def test_a_cache_precompiled_by_root_serves_another_user_as_it_is(compiled, monkeypatch):
+    """Root fills --out DIR; user 65534 points MOEFUSE_CACHE_DIR at it: every entry is read and
+    verified, nothing is compiled, no warning, no private folder. Compiles permute (~0.4 s)."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    base = Path(tempfile.mkdtemp())  # pytest's tmp_path lies under a folder of mode 0700
+    try:
+        base.chmod(0o755)
+        out = base / "cache"
+        assert precompile.main(["--arch", "sm_80", "--out", str(out)]) == 0
+        monkeypatch.setenv(_cache.CACHE_ENV, str(out))
+        for memo in ("_specs", "_verified", "_private", "_folders"):
+            monkeypatch.setattr(_cache, memo, {})
+        _cache.module_specs("permute", "sm_80")  # as root, so that the child imports nothing
+        for memo in ("_specs", "_verified", "_private", "_folders"):
+            monkeypatch.setattr(_cache, memo, {})
+
+        def serve():
+            specs, said = cache_warnings(lambda: _cache.module_specs("permute", "sm_80"))
+            return os.geteuid(), sorted(specs), said, _cache._private, _cache._runtime_folders()
+
+        expected = (
+            NOBODY,
+            sorted(_spec.read_specs(compiled[("sm_80", "permute")][1].cubin, "permute", "permute.cu")),
+            [],
+            {},
+            _cache._Folders(read=(out,), write=None),  # read-only to this user, trusted
+        )
+        assert as_nobody(serve) == repr(expected)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_an_out_folder_the_runtime_would_not_trust_is_filled_with_a_warning_naming_the_fix(
+    compiled, tmp_path
+):
+    """An existing DIR keeps its mode: the command warns, as the runtime would, and names the fix."""
+    folder = copy_entries(compiled, tmp_path / "cache", _sources.modules_for("sm_80"))
+    folder.chmod(0o775)
+    with pytest.warns(_cache.CacheWarning) as said:
+        built = precompile.precompile(["sm_80"], folder, shared=True)
+    assert len(said) == 1
+    assert str(said[0].message) == (
+        f"moefuse: the runtime will not use {folder} as its cache folder: it is writable by other "
+        f"users (mode 775; it is yours: `chmod go-w {folder}` fixes that)"
+    )
+    assert not any(b.compiled for b in built) and stat.S_IMODE(folder.stat().st_mode) == 0o775
+
+
+def test_a_failed_publish_exits_1_naming_the_error(tmp_path, monkeypatch, capsys):
+    """Unlike the runtime, the command fails on a full disk. Compiles permute (~0.4 s)."""
+    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
+    failing_replace(monkeypatch, lambda parent: True)
+    assert precompile.main(["--arch", "sm_80", "--out", str(tmp_path / "out")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
