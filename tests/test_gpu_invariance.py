@@ -254,22 +254,12 @@ def kernel_choice(layer, num_tokens: int, top_k: int, fused: bool, out_dtype, gu
     configure it. Only for messages and switch points: a failure here is reported, not raised."""
     import cupy
 
-    from moefuse import backends, kernels
-    from moefuse.layer import fused_finalize_enabled
+    from moefuse import backends
+    from moefuse.layer import configure, fused_finalize_enabled
 
     try:
-        dims = layer.dims
-        kind = backends.CallKind(
-            num_tokens=num_tokens,
-            top_k=top_k,
-            num_local_experts=dims.num_local_experts,
-            hidden=dims.hidden,
-            inter=dims.intermediate,
-            elem=kernels.dtype_tag(dims.dtype),
-            out=kernels.dtype_tag(out_dtype),
-            fused=fused_finalize_enabled(fused),
-        )
-        config = backends.for_device(cupy.cuda.Device().id).configure(kind)
+        backend = backends.for_device(cupy.cuda.Device().id)
+        config = configure(backend, layer.dims, num_tokens, top_k, fused_finalize_enabled(fused), out_dtype)
         return describe_config(config, guards)
     except Exception as exc:  # diagnostics must not hide the test's own result
         return f"(kernel choice unknown: {exc!r})"

@@ -5,17 +5,10 @@ import pytest
 
 import moefuse
 from moefuse import reference
+from moefuse.plan import PLAN_ARRAYS
 from moefuse_bench.problems import random_ids
 
 pytestmark = pytest.mark.gpu
-
-PLAN_FIELDS = (
-    "expert_counts",
-    "expert_offsets",
-    "permuted_to_expanded",
-    "expanded_to_permuted",
-    "tile_expert",
-)
 
 
 def compare_plan(topk_ids, num_experts, tile_m, first_expert=0, num_local_experts=None, id_dtype=np.int32):
@@ -30,7 +23,7 @@ def compare_plan(topk_ids, num_experts, tile_m, first_expert=0, num_local_expert
     )
     num_local = num_local_experts or num_experts - first_expert
     want = reference.plan(topk_ids, first_expert, num_local, tile_m, routing.capacity, routing.max_tiles)
-    for name in PLAN_FIELDS:
+    for name in PLAN_ARRAYS:
         np.testing.assert_array_equal(getattr(routing, name).get(), want[name], err_msg=name)
     return routing
 

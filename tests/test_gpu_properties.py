@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import moefuse
 from moefuse import plan_capacity, reference
+from moefuse.plan import PLAN_ARRAYS
 from moefuse_bench.problems import DTYPES, TOLERANCE, random_ids
 
 pytestmark = pytest.mark.gpu
@@ -33,13 +34,6 @@ WEIGHT_BUDGET = 1 << 21  # E_local * H * I: w1 holds twice that, w2 as much
 MAX_TOKENS = 600
 ROUTINGS = ("uniform", "skewed", "one_expert", "dropped", "duplicates")
 MODES = ("sm80", "sm90-auto", "sm90-rows", "sm90-swapped", "sm90-wide", "sm90-wide-guarded")
-PLAN_FIELDS = (
-    "expert_counts",
-    "expert_offsets",
-    "permuted_to_expanded",
-    "expanded_to_permuted",
-    "tile_expert",
-)
 
 
 def bounded(max_examples: int):
@@ -341,12 +335,12 @@ def test_plan_matches_reference_and_invariants(r, tile_m):
     assert tile_m is None or routing.tile_m == tile_m
     cap = plan_capacity(r.num_tokens, r.top_k, r.num_local, routing.tile_m)
     assert (routing.capacity, routing.max_tiles) == (cap.rows, cap.tiles)
-    got = {name: getattr(routing, name).get() for name in PLAN_FIELDS}
+    got = {name: getattr(routing, name).get() for name in PLAN_ARRAYS}
     check_plan(got, ids, r.first_expert, r.num_local, routing.tile_m, routing.capacity, routing.max_tiles)
     want = reference.plan(
         ids, r.first_expert, r.num_local, routing.tile_m, routing.capacity, routing.max_tiles
     )
-    for name in PLAN_FIELDS:
+    for name in PLAN_ARRAYS:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
