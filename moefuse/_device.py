@@ -22,8 +22,6 @@ class NoGPUError(RuntimeError):
 
 MIN_COMPUTE_CAPABILITY = (8, 0)
 MIN_DRIVER_VERSION = 13000  # cudaDriverGetVersion of a CUDA 13.0 driver: CuPy's runtime is CUDA 13
-CUDA_ERROR_INSUFFICIENT_DRIVER = 35  # also what CUDA says when libcuda.so.1 cannot be loaded
-CUDA_ERROR_NO_DEVICE = 100
 
 NEEDED = (
     "moefuse needs an NVIDIA GPU of compute capability 8.0 or newer (A100, L40S, H100, B200, "
@@ -63,9 +61,11 @@ def _no_device(obs: Observations) -> str:
 
 def _failure(obs: Observations) -> str:
     """What a failed device count means."""
-    if obs.error_code == CUDA_ERROR_NO_DEVICE:
+    from cuda.bindings.runtime import cudaError_t  # (insufficient driver: also no libcuda.so.1)
+
+    if obs.error_code == cudaError_t.cudaErrorNoDevice:
         return _no_device(obs)
-    no_driver = obs.error_code == CUDA_ERROR_INSUFFICIENT_DRIVER or "libcuda" in (obs.failure or "")
+    no_driver = obs.error_code == cudaError_t.cudaErrorInsufficientDriver or "libcuda" in (obs.failure or "")
     if no_driver and not obs.driver_version:
         return f"no NVIDIA driver was found (libcuda.so.1 could not be loaded; CUDA: {obs.failure})"
     if no_driver and obs.driver_version < MIN_DRIVER_VERSION:

@@ -61,15 +61,15 @@ ARCHS = ("sm_80", "sm_90a", "sm_100a")
 def compiled(tmp_path_factory):
     """(arch, module) -> (cubin path, compile result): every module of every architecture,
     compiled once per test run (two at a time) into a fresh folder."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from moefuse import _cache, _sources
 
     out = tmp_path_factory.mktemp("cubins")
-    builds = [(arch, module) for arch in ARCHS for module in _sources.modules_for(arch)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(lambda b: _cache.compile_module(b[1], b[0], directory=out), builds)
-        return dict(zip(builds, results, strict=True))
+    builds = [(module, arch) for arch in ARCHS for module in _sources.modules_for(arch)]
+
+    def build(module: str, arch: str):
+        return _cache.compile_module(module, arch, directory=out)
+
+    return {(arch, module): result for (module, arch), result, _ in _cache.compile_all(builds, 2, build)}
 
 
 @pytest.fixture(scope="session")
