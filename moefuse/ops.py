@@ -136,8 +136,9 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
 def workspace_bytes(
     num_tokens: int, top_k: int, w1, w2, *, fused_finalize: bool = True, out_dtype=None
 ) -> int:
-    """Device bytes `fused_moe(x, w1, w2, ..., workspace=buf)` needs with `num_tokens` tokens,
-    `top_k` slots, this finalize path and output dtype (`buf.nbytes` must be at least this).
+    """Device bytes `fused_moe(x, w1, w2, ..., workspace=buf)` needs for any batch of up to
+    `num_tokens` tokens with `top_k` slots, this finalize path and output dtype (`buf.nbytes` must
+    be at least this).
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
     force (`moefuse.override`)."""
     dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"))
