@@ -22,7 +22,8 @@ constexpr int SCAN_THREADS = 1024;
 constexpr int PLAN_BLOCK_THREADS = 1024;  // at most; a multiple of 32 (fewer for small batches)
 constexpr int PLAN_BLOCK_PASSES = 4;      // entries per thread, at most
 constexpr int PLAN_BLOCK_EXPERTS = 256;
-constexpr int TOPK_WARPS = 8;
+constexpr int ROUTE_WARPS = 8;          // tokens per router block, one warp each
+constexpr int ROUTE_MAX_GROUPS = 32;    // the sigmoid router's n_group: one group per lane
 constexpr int ANY_NUMBER = 0x7fffffff;  // a published limit that does not apply
 
 DEV int warp_inclusive_scan(int v) {
@@ -300,74 +301,218 @@ DEV void plan_scatter(const IdT* __restrict__ topk_ids, int n_expanded, int firs
 MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i32, i32)
 MOEFUSE_PLAN_SCATTER_ENTRY(plan_scatter_i64, i64)
 
-// One warp per token: softmax over E logits, then the k largest (ties to the lower expert id),
-// found one at a time as the largest key strictly below the previous pick. O(k * E / 32) per warp.
+// ---- Routers -----------------------------------------------------------------------------------
+// One warp per token picks the k largest keys, ties to the lower expert id, one at a time as the
+// largest key strictly below the previous pick: O(k * E / 32) per warp, for any E and k <= E. The
+// router says what an expert's key is and what weight a pick gets:
+//   softmax       key: the logit; weight: softmax over all E logits (Mixtral, Qwen3-MoE)
+//   topk_softmax  key: the logit; weights: softmax over the k picked logits (gpt-oss)
+//   sigmoid       key: sigmoid(logit) + correction_bias, -inf outside the topk_group groups kept
+//                 (by the sum of each group's two largest keys); weight: sigmoid(logit)
+//                 (DeepSeek-V3)
+// then divided by their sum when renormalizing (sigmoid: the sum + 1e-20) and multiplied by
+// scaling_factor. Each float operation is the one transformers' router runs on CUDA, in the same
+// order, so the weights are its bits (docs/DESIGN.md D26): expf (not __expf) and IEEE divisions,
+// sums in torch's order (warp_sum), and the sigmoid router's picks written in the order
+// torch.topk(sorted=False) leaves them, which is the order its renormalizing sum adds them in.
 // NaN logits give an unspecified choice. Logits are read in their own type (fp32, bf16 or fp16),
 // so routing a model's bf16 logits needs no converted copy (nor a temporary under graph capture).
-template <typename Logit>
-DEV void topk_softmax(const Logit* __restrict__ logits, int num_tokens, int num_experts, int k,
-                      int renormalize, float* __restrict__ topk_weights,
-                      int* __restrict__ topk_ids) {
-  const int lane = threadIdx.x % 32;
-  const int t = blockIdx.x * TOPK_WARPS + threadIdx.x / 32;
-  if (t >= num_tokens) return;
-  const Logit* row = logits + (i64)t * num_experts;
+enum class Router { softmax, topk_softmax, sigmoid };
 
-  float row_max = -positive_inf();
-  for (int e = lane; e < num_experts; e += 32) row_max = fmaxf(row_max, to_float(row[e]));
-#pragma unroll
-  for (int d = 16; d > 0; d /= 2)
-    row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, d));
-  float denom = 0.0f;
-  for (int e = lane; e < num_experts; e += 32) denom += __expf(to_float(row[e]) - row_max);
-#pragma unroll
-  for (int d = 16; d > 0; d /= 2) denom += __shfl_xor_sync(0xffffffffu, denom, d);
+constexpr u32 FULL_WARP = 0xffffffffu;
 
-  float prev_value = positive_inf();
-  int prev_id = -1;
-  float picked_sum = 0.0f;
-  float* weights_out = topk_weights + (i64)t * k;
-  for (int j = 0; j < k; ++j) {
-    float best = -positive_inf();
-    int best_id = num_experts;
-    for (int e = lane; e < num_experts; e += 32) {
-      const float v = to_float(row[e]);
-      const bool below_prev = v < prev_value || (v == prev_value && e > prev_id);
-      if (below_prev && (v > best || (v == best && e < best_id))) {
-        best = v;
-        best_id = e;
+// torch's sigmoid for fp32 (1 / (1 + exp(-x)), both operations rounded as torch rounds them).
+DEV float torch_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// The sum of a row held strided over the warp (lane l added elements l, l + 32, ... in order,
+// from 0), finished by an xor butterfly: the order of torch's warp softmax (rows up to 2048), and
+// of its CUDA sum of a contiguous row shorter than 64 (torch >= 2.10, whose warp tree halves the
+// offset). Every lane gets the sum.
+DEV float warp_sum(float lane_sum) {
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2) lane_sum += __shfl_xor_sync(FULL_WARP, lane_sum, d);
+  return lane_sum;
+}
+
+// The warp's largest (value, id), ties to the lower id; every lane gets it.
+DEV void warp_argmax(float& value, int& id) {
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2) {
+    const float other = __shfl_xor_sync(FULL_WARP, value, d);
+    const int other_id = __shfl_xor_sync(FULL_WARP, id, d);
+    if (other > value || (other == value && other_id < id)) {
+      value = other;
+      id = other_id;
+    }
+  }
+}
+
+// Moves (value, id), a pick, to the next one: the largest key(i), i < n, strictly below it in
+// (value descending, id ascending) order. Start from (+inf, -1). Lane l evaluates i = l, l + 32...
+template <typename Key>
+DEV void next_pick(const Key& key, int n, float& value, int& id) {
+  float best = -positive_inf();
+  int best_id = n;
+  for (int i = threadIdx.x % 32; i < n; i += 32) {
+    const float v = key(i);
+    const bool below = v < value || (v == value && i > id);
+    if (below && (v > best || (v == best && i < best_id))) {
+      best = v;
+      best_id = i;
+    }
+  }
+  warp_argmax(best, best_id);
+  value = best;
+  id = best_id;
+}
+
+// The sigmoid router's groups kept, as a mask (bit g: experts [g * size, (g + 1) * size)): the
+// topk_group largest by the sum of each group's two largest keys (as torch.topk(2).sum(), ties
+// counted twice), ties to the lower group. n_group <= ROUTE_MAX_GROUPS: lane g holds group g's
+// score.
+template <typename Key>
+DEV u32 kept_groups(const Key& biased, int num_experts, int n_group, int topk_group) {
+  if (n_group == 1) return 1u;
+  const int lane = threadIdx.x % 32, size = num_experts / n_group;
+  float score = -positive_inf();
+  for (int g = 0; g < n_group; ++g) {
+    float first = -positive_inf(), second = -positive_inf();
+    for (int e = g * size + lane; e < (g + 1) * size; e += 32) {
+      const float v = biased(e);
+      if (v > first) {
+        second = first;
+        first = v;
+      } else if (v > second) {
+        second = v;
       }
     }
 #pragma unroll
     for (int d = 16; d > 0; d /= 2) {
-      const float other = __shfl_xor_sync(0xffffffffu, best, d);
-      const int other_id = __shfl_xor_sync(0xffffffffu, best_id, d);
-      if (other > best || (other == best && other_id < best_id)) {
-        best = other;
-        best_id = other_id;
-      }
+      const float other_first = __shfl_xor_sync(FULL_WARP, first, d);
+      const float other_second = __shfl_xor_sync(FULL_WARP, second, d);
+      second = fmaxf(fminf(first, other_first), fmaxf(second, other_second));
+      first = fmaxf(first, other_first);
     }
-    const float weight = __expf(best - row_max) / denom;
-    picked_sum += weight;
-    if (lane == 0) {
-      weights_out[j] = weight;
-      topk_ids[(i64)t * k + j] = best_id;
-    }
-    prev_value = best;
-    prev_id = best_id;
+    if (lane == g) score = first + second;
   }
-  if (!renormalize) return;
-  __syncwarp();
-  for (int j = lane; j < k; j += 32) weights_out[j] /= picked_sum;
+  u32 kept = 0;
+  float value = positive_inf();
+  int id = -1;
+  for (int j = 0; j < topk_group; ++j) {
+    next_pick([&](int) { return score; }, n_group, value, id);  // only lane g asks for group g
+    if (id < n_group) kept |= 1u << id;                         // none if scores are NaN
+  }
+  return kept;
 }
 
-#define MOEFUSE_TOPK_ENTRY(NAME, LOGIT, TAG)                                                    \
-  MOEFUSE_KERNEL(NAME, TOPK_WARPS * 32, 1, "op=topk_softmax logits=" #TAG,                      \
-                 (const LOGIT* logits, int num_tokens, int num_experts, int k, int renormalize, \
-                  float* topk_weights, int* topk_ids),                                          \
-                 {"tokens_per_block", TOPK_WARPS}) {                                            \
-    topk_softmax(logits, num_tokens, num_experts, k, renormalize, topk_weights, topk_ids);      \
+// One token's row of logits -> its k weights and ids. Whole warp.
+template <Router R, typename Logit>
+DEV void route_token(const Logit* __restrict__ row, const float* __restrict__ correction_bias,
+                     int num_experts, int k, int n_group, int topk_group, int renormalize,
+                     float scaling_factor, float* __restrict__ weights, int* __restrict__ ids) {
+  const int lane = threadIdx.x % 32;
+  const auto logit = [&](int e) { return to_float(row[e]); };
+
+  float row_max = -positive_inf(), denom = 0.0f;  // softmax over all E: torch's warp softmax
+  if constexpr (R == Router::softmax) {
+    for (int e = lane; e < num_experts; e += 32) row_max = fmaxf(row_max, logit(e));
+#pragma unroll
+    for (int d = 16; d > 0; d /= 2)
+      row_max = fmaxf(row_max, __shfl_xor_sync(FULL_WARP, row_max, d));
+    for (int e = lane; e < num_experts; e += 32) denom += expf(logit(e) - row_max);
+    denom = warp_sum(denom);
   }
-MOEFUSE_TOPK_ENTRY(topk_softmax_f32, float, f32)
-MOEFUSE_TOPK_ENTRY(topk_softmax_bf16, Bf16, bf16)
-MOEFUSE_TOPK_ENTRY(topk_softmax_f16, F16, f16)
+
+  const auto biased = [&](int e) {
+    return torch_sigmoid(logit(e)) + (correction_bias ? correction_bias[e] : 0.0f);
+  };
+  u32 kept = 1u;
+  if constexpr (R == Router::sigmoid) kept = kept_groups(biased, num_experts, n_group, topk_group);
+  const int group_size = num_experts / n_group;
+  const auto key = [&](int e) {
+    if constexpr (R == Router::sigmoid)
+      return (kept >> (e / group_size)) & 1u ? biased(e) : -positive_inf();
+    else
+      return logit(e);
+  };
+
+  float value = positive_inf(), first = 0.0f;
+  int id = -1, tied = 0;  // tied: the picks whose key equals the last pick's
+  for (int j = 0; j < k; ++j) {
+    const float previous = value;
+    next_pick(key, num_experts, value, id);
+    tied = value == previous ? tied + 1 : 1;
+    if (j == 0) first = value;
+    if constexpr (R != Router::sigmoid) {
+      if (lane == 0) {
+        ids[j] = id;
+        weights[j] = R == Router::softmax ? expf(value - row_max) / denom : value;
+      }
+    }
+  }
+
+  // torch.topk(sorted=False)'s order: the experts above the k-th key by ascending id, then those
+  // tied with it (those of them picked: ids up to the k-th's).
+  if constexpr (R == Router::sigmoid) {
+    int above = 0, at = k - tied;  // the next position of each kind
+    for (int e0 = 0; e0 < num_experts; e0 += 32) {
+      const int e = e0 + lane;
+      const float v = e < num_experts ? key(e) : -positive_inf();
+      const bool is_above = e < num_experts && v > value;
+      const bool is_at = e < num_experts && v == value && e <= id;
+      const u32 above_mask = __ballot_sync(FULL_WARP, is_above);
+      const u32 at_mask = __ballot_sync(FULL_WARP, is_at);
+      const u32 lower = (1u << lane) - 1u;
+      if (is_above || is_at) {
+        const int p = is_above ? above + __popc(above_mask & lower) : at + __popc(at_mask & lower);
+        ids[p] = e;
+        weights[p] = torch_sigmoid(logit(e));
+      }
+      above += __popc(above_mask);
+      at += __popc(at_mask);
+    }
+  }
+
+  __syncwarp();  // the k weights were written by other lanes
+  float lane_sum = 0.0f;
+  for (int p = lane; p < k; p += 32) {
+    float w = weights[p];
+    if constexpr (R == Router::topk_softmax) weights[p] = w = expf(w - first);
+    lane_sum += w;
+  }
+  // topk_softmax's weights are a softmax over the k: they are divided by their sum either way.
+  const bool divide = R == Router::topk_softmax || renormalize;
+  const float sum = warp_sum(lane_sum) + (R == Router::sigmoid ? 1e-20f : 0.0f);
+  for (int p = lane; p < k; p += 32) {
+    const float w = divide ? weights[p] / sum : weights[p];
+    weights[p] = w * scaling_factor;
+  }
+}
+
+template <Router R, typename Logit>
+DEV void route(const Logit* __restrict__ logits, const float* __restrict__ correction_bias,
+               int num_tokens, int num_experts, int k, int n_group, int topk_group, int renormalize,
+               float scaling_factor, float* __restrict__ topk_weights, int* __restrict__ topk_ids) {
+  const int t = blockIdx.x * ROUTE_WARPS + threadIdx.x / 32;
+  if (t >= num_tokens) return;  // whole warps
+  route_token<R>(logits + (i64)t * num_experts, correction_bias, num_experts, k, n_group,
+                 topk_group, renormalize, scaling_factor, topk_weights + (i64)t * k,
+                 topk_ids + (i64)t * k);
+}
+
+#define MOEFUSE_ROUTE_ENTRY(NAME, ROUTER, LOGIT, TAG)                                       \
+  MOEFUSE_KERNEL(NAME, ROUTE_WARPS * 32, 1, "op=route method=" #ROUTER " logits=" #TAG,     \
+                 (const LOGIT* logits, const float* correction_bias, int num_tokens,        \
+                  int num_experts, int k, int n_group, int topk_group, int renormalize,     \
+                  float scaling_factor, float* topk_weights, int* topk_ids),                \
+                 {"tokens_per_block", ROUTE_WARPS}, {"max_groups", ROUTE_MAX_GROUPS}) {     \
+    route<Router::ROUTER>(logits, correction_bias, num_tokens, num_experts, k, n_group,     \
+                          topk_group, renormalize, scaling_factor, topk_weights, topk_ids); \
+  }
+#define MOEFUSE_ROUTE_ENTRIES(ROUTER)                            \
+  MOEFUSE_ROUTE_ENTRY(route_##ROUTER##_f32, ROUTER, float, f32)  \
+  MOEFUSE_ROUTE_ENTRY(route_##ROUTER##_bf16, ROUTER, Bf16, bf16) \
+  MOEFUSE_ROUTE_ENTRY(route_##ROUTER##_f16, ROUTER, F16, f16)
+MOEFUSE_ROUTE_ENTRIES(softmax)
+MOEFUSE_ROUTE_ENTRIES(topk_softmax)
+MOEFUSE_ROUTE_ENTRIES(sigmoid)

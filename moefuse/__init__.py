@@ -10,6 +10,7 @@ from . import backends
 from ._cache import CacheWarning
 from ._device import NoGPUError, gpu_name
 from ._nvrtc import CompileError
+from .activation import Activation
 from .layer import MoELayer
 from .ops import fused_moe, grouped_gemm, plan, route, workspace_bytes
 from .overrides import override
@@ -18,6 +19,7 @@ from .plan import RoutingPlan, plan_capacity
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activation",
     "CacheWarning",
     "CompileError",
     "MoELayer",

@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,13 +394,14 @@ def _find(module: str, arch: str, source: str, *, warn: bool = True) -> _nvrtc.C
     return None
 
 
-def compile_missing(arch: str) -> None:
-    """Compile, in parallel, every module for `arch` that the runtime's folders lack or hold
-    damaged (a cold start then costs about the slowest module instead of the sum). A cold start
-    takes ~15 s on Hopper, so it says so on stderr, once at the start and once at the end. Keeps
-    the bytes of every module it verifies or compiles in `_verified`."""
+def compile_missing(arch: str, modules: list[str] | None = None) -> None:
+    """Compile, in parallel, every one of `modules` (default: those every call may need,
+    `modules_needed(arch, {})`) that the runtime's folders lack or hold damaged (a cold start then
+    costs about the slowest module instead of the sum). A cold start takes ~15 s on Hopper, so it
+    says so on stderr, once at the start and once at the end. Keeps the bytes of every module it
+    verifies or compiles in `_verified`."""
     root, missing = _sources.source_root(), []
-    for module in _sources.modules_for(arch):
+    for module in _sources.modules_needed(arch, {}) if modules is None else modules:
         source = _sources.source_file(module)
         found = _find(module, arch, source)
         if found is None:
@@ -462,9 +463,13 @@ def module_specs(module: str, arch: str) -> dict[str, _spec.KernelSpec]:
     return specs
 
 
-def catalog(arch: str) -> tuple[_spec.KernelSpec, ...]:
-    """Every kernel of every module built for `arch`."""
-    modules = _sources.modules_for(arch)
+def catalog(arch: str, tags: Mapping[str, object] | None = None) -> tuple[_spec.KernelSpec, ...]:
+    """Every kernel of the modules for `arch` that a query with `tags` reads (default: those every
+    call may need); the ones not yet read are compiled first, in parallel, where missing."""
+    modules = _sources.modules_needed(arch, tags or {})
+    unread = [m for m in modules if (m, _sources.source_file(m), arch) not in _specs]
+    if len(unread) > 1:
+        compile_missing(arch, unread)
     return tuple(spec for module in modules for spec in module_specs(module, arch).values())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +20,20 @@ MODULES: dict[str, str] = {
     "sm90_swapped_f16": "sm90/swapped_f16.cu",
     "sm90_swapped_wide_bf16": "sm90/swapped_wide_bf16.cu",
     "sm90_swapped_wide_f16": "sm90/swapped_wide_f16.cu",
+    "sm90_grouped_gemm_relu2": "sm90/grouped_gemm_relu2.cu",
+    "sm90_grouped_gemm_mn_gemm1_bf16": "sm90/grouped_gemm_mn_gemm1_bf16.cu",
+    "sm90_grouped_gemm_mn_gemm2_bf16": "sm90/grouped_gemm_mn_gemm2_bf16.cu",
+    "sm90_grouped_gemm_mn_gemm1_f16": "sm90/grouped_gemm_mn_gemm1_f16.cu",
+    "sm90_grouped_gemm_mn_gemm2_f16": "sm90/grouped_gemm_mn_gemm2_f16.cu",
+}
+# Modules only some models need: compiled when a kernel query first names all of their tags, so a
+# cold start compiles what the call uses (docs/DESIGN.md D27). Every kernel in one carries them.
+VARIANT_TAGS: dict[str, dict[str, str]] = {
+    "sm90_grouped_gemm_relu2": {"op": "gemm1_relu2", "w": "k"},
+    "sm90_grouped_gemm_mn_gemm1_bf16": {"w": "mn", "elem": "bf16"},
+    "sm90_grouped_gemm_mn_gemm2_bf16": {"w": "mn", "elem": "bf16"},
+    "sm90_grouped_gemm_mn_gemm1_f16": {"w": "mn", "elem": "f16"},
+    "sm90_grouped_gemm_mn_gemm2_f16": {"w": "mn", "elem": "f16"},
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
 MODULE_ARCHS: dict[str, tuple[str, ...]] = {
@@ -28,6 +43,7 @@ MODULE_ARCHS: dict[str, tuple[str, ...]] = {
     "sm90_swapped_f16": ("sm_90a",),
     "sm90_swapped_wide_bf16": ("sm_90a",),
     "sm90_swapped_wide_f16": ("sm_90a",),
+    **{module: ("sm_90a",) for module in VARIANT_TAGS},
 }
 
 
@@ -40,6 +56,13 @@ def source_file(module: str) -> str:
 def modules_for(arch: str) -> list[str]:
     """The modules that compile for `arch`."""
     return [m for m in MODULES if arch in MODULE_ARCHS.get(m, (arch,))]
+
+
+def modules_needed(arch: str, tags: Mapping[str, object]) -> list[str]:
+    """The modules for `arch` that a kernel query with these tags reads: every module but the
+    variants whose tags the query does not all name."""
+    wanted = {key: str(value) for key, value in tags.items()}
+    return [m for m in modules_for(arch) if VARIANT_TAGS.get(m, {}).items() <= wanted.items()]
 
 
 SOURCE_SUFFIXES = (".cu", ".cuh")

@@ -60,15 +60,38 @@ def tile_desc(matrix, box_rows: int, box_cols: int) -> np.void:
     return _encode(matrix.data.ptr, (cols, rows), (cols * 2,), (box_cols, box_rows), _is_bf16(matrix))
 
 
-def gate_up_groups_desc(w1, groups: int, group: int, box_cols: int) -> np.void:
-    """Descriptor of w1 [E, 2I, H] (gate rows [0, I), up rows [I, 2I)) seen as
-    (H, group, 2, I / group, E): a box of `box_cols` columns x `groups` groups holds, group after
-    group, the gate rows of `group` consecutive features then their up rows (the swapped GEMM1's
-    A tile, cuda_src/sm90/swapped.cuh)."""
+def weights_desc(w, spec, layout) -> np.void:
+    """The B map of row-major kernel `spec` over expert weights `w`: [E, R, K] (its tag w=k) or
+    [E, K, R] (w=mn), R = N, or 2I for gated GEMM1. Gated halves (op gemm1_gated) see w as
+    (k, feature j, gate | up, expert), whose strides read gate and up rows concatenated or
+    interleaved (`layout`); the others as (k, n, expert), each innermost dimension first as the
+    kernel's box (published b_box_rows along N, tile_k along K) is laid out. An expert's own
+    bounds zero-fill a tile that runs past its N or K."""
+    mn, halves = spec.tags["w"] == "mn", spec.tags["op"] == "gemm1_gated"
+    tile_k, box_n = spec["tile_k"], spec["b_box_rows"]
+    experts = w.shape[0]
+    depth, rows = (w.shape[1], w.shape[2]) if mn else (w.shape[2], w.shape[1])
+    expert_bytes, inter = rows * depth * 2, rows // 2
+    if mn:  # (n or j, k[, gate | up], expert)
+        n_dims, box = ((inter, depth, 2), (box_n, tile_k, 1)) if halves else ((rows, depth), (box_n, tile_k))
+        strides = (rows * 2, inter * 2)[: len(n_dims) - 1]
+    else:  # (k, n or j[, gate | up], expert)
+        row = depth * 2
+        n_dims, box = ((depth, inter, 2), (tile_k, box_n, 1)) if halves else ((depth, rows), (tile_k, box_n))
+        strides = ((2 * row, row) if layout.interleaved else (row, inter * row)) if halves else (row,)
+    return _encode(w.data.ptr, (*n_dims, experts), (*strides, expert_bytes), (*box, 1), _is_bf16(w))
+
+
+def gate_up_groups_desc(w1, groups: int, group: int, box_cols: int, interleaved: bool) -> np.void:
+    """Descriptor of w1 [E, 2I, H] (gate rows [0, I) and up rows [I, 2I), or `interleaved`: gate j
+    and up j at rows 2j, 2j + 1) seen as (H, group, 2, I / group, E): a box of `box_cols` columns x
+    `groups` groups holds, group after group, the gate rows of `group` consecutive features then
+    their up rows (the swapped GEMM1's A tile, cuda_src/sm90/swapped.cuh)."""
     experts, two_inter, hidden = w1.shape
     inter = two_inter // 2
     row = hidden * 2
+    feature, half = (2 * row, row) if interleaved else (row, inter * row)
     dims = (hidden, group, 2, inter // group, experts)
-    strides = (row, inter * row, group * row, two_inter * row)
+    strides = (feature, half, group * feature, two_inter * row)
     box = (box_cols, group, 2, groups, 1)
     return _encode(w1.data.ptr, dims, strides, box, _is_bf16(w1))

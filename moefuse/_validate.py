@@ -5,14 +5,15 @@ the CPU-only tests)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._arrays import ACTIVATION_DTYPES, BFLOAT16, FLOAT16, FLOAT32
 
-ACTIVATIONS = ("swiglu",)
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+ROUTE_METHODS = ("softmax", "topk_softmax", "sigmoid")  # route's routers (the kernels' method tags)
 WEIGHT_DTYPES = (FLOAT32, BFLOAT16, FLOAT16)
 INT32_LIMIT = 2**31 - 1
 ROW_ALIGNMENT = 8  # elements: rows must be whole 16-byte vectors
@@ -55,6 +56,69 @@ def check_router_logits(router_logits, k) -> tuple[int, int]:
     return num_tokens, num_experts
 
 
+def check_route_method(method) -> None:
+    if not isinstance(method, str) or method not in ROUTE_METHODS:
+        raise ValueError(f"method must be one of {ROUTE_METHODS}, got {method!r}")
+
+
+def _require_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def check_router(
+    num_experts: int,
+    k: int,
+    method: str,
+    correction_bias,
+    n_group,
+    topk_group,
+    scaling_factor,
+    max_groups: int,
+) -> None:
+    """route's router options (logits and k: check_router_logits). `max_groups`: the most groups
+    the router kernel takes (it publishes the number)."""
+    if isinstance(scaling_factor, bool) or not isinstance(
+        scaling_factor, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"scaling_factor must be a float, got {type(scaling_factor).__name__}")
+    if not (math.isfinite(scaling_factor) and scaling_factor > 0):
+        raise ValueError(f"scaling_factor must be finite and > 0, got {scaling_factor}")
+    n_group, topk_group = _require_int(n_group, "n_group"), _require_int(topk_group, "topk_group")
+    if method != "sigmoid":
+        if correction_bias is not None or n_group != 1 or topk_group != 1:
+            raise ValueError(
+                f"correction_bias, n_group and topk_group apply to method='sigmoid' only, not {method!r}"
+            )
+        return
+    if not 1 <= n_group <= max_groups:
+        raise ValueError(f"n_group must be in [1, {max_groups}], got {n_group}")
+    if num_experts % n_group:
+        raise ValueError(
+            f"n_group must divide num_experts = router_logits.shape[1] = {num_experts}, got {n_group}"
+        )
+    group_size = num_experts // n_group
+    if n_group > 1 and group_size < 2:
+        raise ValueError(
+            f"n_group = {n_group} leaves {group_size} expert per group; a group is scored by its two "
+            "largest, so it needs at least 2"
+        )
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group must be in [1, n_group={n_group}], got {topk_group}")
+    if k > topk_group * group_size:
+        raise ValueError(
+            f"k must be at most topk_group * (num_experts / n_group) = {topk_group * group_size}, the "
+            f"experts of the groups kept, got {k}"
+        )
+    if correction_bias is not None:
+        _require_shape(correction_bias, (num_experts,), "correction_bias", "[E]")
+        if correction_bias.dtype.kind != "f" and np.dtype(correction_bias.dtype) != BFLOAT16:
+            raise TypeError(
+                f"correction_bias must be a float array, got {_dtype_name(correction_bias.dtype)}"
+            )
+
+
 def check_topk_ids(topk_ids) -> tuple[int, int]:
     _require_ndim(topk_ids, 2, "topk_ids", "[T, k]")
     if np.dtype(topk_ids.dtype) not in ID_DTYPES:
@@ -91,11 +155,40 @@ def check_tile_m(tile_m, choices: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class WeightLayout:
+    """How the expert weights are stored: `transposed` ([E, H, 2I] and [E, I, H], transformers'
+    is_transposed), `interleaved` (gate j and up j at 2j, 2j + 1 of w1's 2I axis, gpt-oss),
+    `gated` (w1 holds gate and up; else only I up rows)."""
+
+    gated: bool = True
+    transposed: bool = False
+    interleaved: bool = False
+
+    def __post_init__(self) -> None:
+        for value, name in ((self.transposed, "transposed"), (self.interleaved, "interleaved")):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+        if self.interleaved and not self.gated:
+            raise ValueError("interleaved=True needs a gated activation: relu2's w1 has no gate rows")
+
+    def w1_layout(self) -> str:
+        rows = "2I" if self.gated else "I"
+        return f"[E, H, {rows}]" if self.transposed else f"[E, {rows}, H]"
+
+    def w2_layout(self) -> str:
+        return "[E, I, H]" if self.transposed else "[E, H, I]"
+
+
+STANDARD_LAYOUT = WeightLayout()
+
+
+@dataclass(frozen=True)
 class ExpertDims:
     num_local_experts: int
     hidden: int  # H
     intermediate: int  # I
     dtype: np.dtype
+    layout: WeightLayout = STANDARD_LAYOUT
 
 
 def check_activations(x) -> tuple[int, int]:
@@ -109,16 +202,21 @@ def check_activations(x) -> tuple[int, int]:
     return x.shape
 
 
-def check_expert_weights(w1, w2, b1=None, b2=None, *, x=None) -> ExpertDims:
-    """w1 defines E and I. With `x` (fused_moe), H and the dtype are x's and each weight that
-    disagrees is named; without (a layer built before any x), they are w1's."""
-    _require_ndim(w1, 3, "w1", "[E, 2I, H]")
-    _require_ndim(w2, 3, "w2", "[E, H, I]")
+def check_expert_weights(
+    w1, w2, b1=None, b2=None, *, x=None, layout: WeightLayout = STANDARD_LAYOUT
+) -> ExpertDims:
+    """w1 defines E and I (its layout: `layout`). With `x` (fused_moe), H and the dtype are x's
+    and each weight that disagrees is named; without (a layer built before any x), they are
+    w1's."""
+    w1_layout, w2_layout = layout.w1_layout(), layout.w2_layout()
+    _require_ndim(w1, 3, "w1", w1_layout)
+    _require_ndim(w2, 3, "w2", w2_layout)
+    h_axis, rows_axis = (1, 2) if layout.transposed else (2, 1)
     if x is None:
         dtype, source = np.dtype(w1.dtype), "w1"
         if dtype not in ACTIVATION_DTYPES:
             raise TypeError(f"w1 must be bfloat16 or float16, got {_dtype_name(dtype)}")
-        hidden = w1.shape[2]
+        hidden = w1.shape[h_axis]
     else:
         dtype, source = np.dtype(x.dtype), "x"
         hidden = check_activations(x)[1]
@@ -127,24 +225,26 @@ def check_expert_weights(w1, w2, b1=None, b2=None, *, x=None) -> ExpertDims:
             raise TypeError(
                 f"{name} must have {source}'s dtype {_dtype_name(dtype)}, got {_dtype_name(weight.dtype)}"
             )
-    num_local, two_inter, w1_hidden = w1.shape
+    num_local, w1_rows, w1_hidden = w1.shape[0], w1.shape[rows_axis], w1.shape[h_axis]
     if w1_hidden != hidden:
-        raise ValueError(f"w1 must be [E, 2I, H] with H = x.shape[1] = {hidden}, got {tuple(w1.shape)}")
-    if two_inter % 2:
-        raise ValueError(f"w1 must be [E, 2I, H] (gate rows then up rows); its dim 1 is odd: {two_inter}")
-    inter = two_inter // 2
+        raise ValueError(f"w1 must be {w1_layout} with H = x.shape[1] = {hidden}, got {tuple(w1.shape)}")
+    if layout.gated and w1_rows % 2:
+        raise ValueError(f"w1 must be {w1_layout} (gate and up); its 2I axis is odd: {w1_rows}")
+    inter = w1_rows // 2 if layout.gated else w1_rows
     origin = "E and I from w1" + ("" if x is None else ", H from x")
-    _require_shape(w2, (num_local, hidden, inter), "w2", f"[E, H, I] ({origin})")
+    w2_shape = (num_local, inter, hidden) if layout.transposed else (num_local, hidden, inter)
+    _require_shape(w2, w2_shape, "w2", f"{w2_layout} ({origin})")
     for size, what in ((hidden, "H (hidden size)"), (inter, "I (intermediate size)")):
         if size == 0 or size % ROW_ALIGNMENT:
             raise ValueError(f"{what} must be a positive multiple of {ROW_ALIGNMENT}, got {size}")
-    for bias, name, shape, layout in (
-        (b1, "b1", (num_local, two_inter), "[E, 2I] (from w1)"),
+    b1_layout = "[E, 2I] (from w1, in its gate/up order)" if layout.gated else "[E, I] (from w1)"
+    for bias, name, shape, bias_layout in (
+        (b1, "b1", (num_local, w1_rows), b1_layout),
         (b2, "b2", (num_local, hidden), f"[E, H] ({origin})"),
     ):
         if bias is not None:
-            _require_shape(bias, shape, name, layout)
-    return ExpertDims(num_local, hidden, inter, dtype)
+            _require_shape(bias, shape, name, bias_layout)
+    return ExpertDims(num_local, hidden, inter, dtype, layout)
 
 
 def check_moe_inputs(x, topk_weights, topk_ids, dims: ExpertDims, num_experts: int) -> tuple[int, int]:
@@ -158,7 +258,7 @@ def check_moe_inputs(x, topk_weights, topk_ids, dims: ExpertDims, num_experts: i
     if hidden != dims.hidden:
         raise ValueError(
             f"x has H = x.shape[1] = {hidden}, but the layer's weights are for H = {dims.hidden} "
-            f"(w1 [E, 2I, H], w2 [E, H, I])"
+            f"(w1 {dims.layout.w1_layout()}, w2 {dims.layout.w2_layout()})"
         )
     ids_tokens, top_k = check_topk_ids(topk_ids)
     if ids_tokens != num_tokens:
@@ -173,11 +273,6 @@ def check_moe_inputs(x, topk_weights, topk_ids, dims: ExpertDims, num_experts: i
         )
     check_top_k(top_k, num_experts, name="k (topk_ids.shape[1])")
     return num_tokens, top_k
-
-
-def check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def resolve_out_dtype(out_dtype, x_dtype) -> np.dtype:

@@ -15,9 +15,11 @@ are found by their published tags and sized by their published numbers (moefuse/
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from . import _device, _tma, heuristics, kernels, overrides
+from ._validate import STANDARD_LAYOUT, WeightLayout
 from .kernels import Launch, cdiv, kernel
 from .plan import plan_capacity
 
@@ -37,6 +39,7 @@ class CallKind:
     elem: str  # bf16 or f16
     out: str  # the fused output's element type: elem or f32
     fused: bool  # GEMM2 reduces into the output (else it stores rows for the finalize)
+    layout: WeightLayout = STANDARD_LAYOUT  # as the backend reads the weights (Backend.reads)
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,19 @@ class GemmArrays:
     out: object
     topk_weights: object = None
     zero: object = None  # cleared by GEMM1 on the way
+    layout: WeightLayout = STANDARD_LAYOUT  # of `w`
+    gate: Mapping[str, object] = field(default_factory=dict)  # a gated GEMM1's activation arguments
 
 
 class _Backend:
     """What both backends share: the M tiles of their row-major kernels, and the plan's tile_m."""
 
     name = family = ""
+
+    def reads(self, layout: WeightLayout) -> WeightLayout:
+        """The layout the backend's kernels read weights stored in `layout` in: the same, or
+        (transposed weights on a backend that cannot read them in place) the layer's copy's."""
+        return layout
 
     def tile_ms(self) -> tuple[int, int]:
         """(small, large) M tiles of the backend's row-major kernels."""
@@ -108,11 +118,33 @@ def _gemm2_op(kind: CallKind) -> tuple[str, str]:
     return ("gemm2_scatter", kind.out) if kind.fused else ("gemm2_store", kind.elem)
 
 
+def _gemm1_op(layout: WeightLayout) -> str:
+    """Gated weights stored [K, 2I] interleaved pair gate and up in adjacent columns, which no TMA
+    map splits into halves: their kernel pairs them in the accumulators."""
+    if not layout.gated:
+        return "gemm1_relu2"
+    return "gemm1_gated_pairs" if layout.transposed and layout.interleaved else "gemm1_gated"
+
+
+def gate_args(layout: WeightLayout, activation, inter: int) -> dict[str, object]:
+    """A gated GEMM1's activation arguments, and where gate j's and up j's bias (and, on the
+    portable kernels, weight rows) sit: j * gate_up_step and that + up_offset."""
+    if not layout.gated:
+        return {}
+    step, up_offset = (2, 1) if layout.interleaved else (1, inter)
+    return dict(activation.kernel_args(), gate_up_step=step, up_offset=up_offset)
+
+
 class Sm80(_Backend):
     """cuda_src/sm80/grouped_gemm.cu: a grid of (M tiles, N tiles); GEMM1 gathers x rows itself."""
 
     name = family = "sm80"
     choose_tile_m = staticmethod(heuristics.choose_tile_m)
+
+    def reads(self, layout: WeightLayout) -> WeightLayout:
+        """mma.sync's fragments load K-major rows: transposed weights are copied once (the layer
+        keeps the copy)."""
+        return replace(layout, transposed=False)
 
     def _launch(self, kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int) -> Launch:
         spec = kernel(family="sm80", op=op, elem=kind.elem, out=out, tile_m=tile_m)
@@ -121,14 +153,14 @@ class Sm80(_Backend):
 
     def _configure(self, kind: CallKind, tile_m: int) -> ForwardConfig:
         op2, out2 = _gemm2_op(kind)
-        gemm1 = self._launch(kind, tile_m, "gemm1_swiglu", kind.elem, kind.hidden, kind.inter)
+        gemm1 = self._launch(kind, tile_m, _gemm1_op(kind.layout), kind.elem, kind.hidden, kind.inter)
         gemm2 = self._launch(kind, tile_m, op2, out2, kind.inter, kind.hidden)
         return ForwardConfig(kind.fused, tile_m, False, False, (gemm1,), (gemm2,))
 
     @staticmethod
     def arrays(spec, g: GemmArrays, tma=_tma) -> dict:
         """The array arguments of a launch of `spec` (the configuration fixes the rest)."""
-        args = dict(a=g.a, w=g.w, bias=g.bias, topk_weights=g.topk_weights, out=g.out)
+        args = dict(a=g.a, w=g.w, bias=g.bias, topk_weights=g.topk_weights, out=g.out, **g.gate)
         return dict(args, tile_expert=g.plan.tile_expert, permuted_to_expanded=g.plan.permuted_to_expanded)
 
 
@@ -142,7 +174,10 @@ class Sm90(_Backend):
 
     @staticmethod
     def _swapped_geometries(kind: CallKind) -> list[tuple[str, int]]:
-        """heuristics.swapped_launches with the swapped kernels' published numbers."""
+        """heuristics.swapped_launches with the swapped kernels' published numbers. The swapped
+        kernels read gated K-major weights (either gate/up order) only."""
+        if kind.layout.transposed or not kind.layout.gated:
+            return []
         narrow, wide = (
             kernel(family="swapped", geometry=g, op="gemm2_store", elem=kind.elem) for g in GEOMETRIES
         )
@@ -164,7 +199,8 @@ class Sm90(_Backend):
 
     @staticmethod
     def _rows(kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int, max_splits) -> Launch:
-        tags = {"family": "rows", "op": op, "elem": kind.elem, "out": out, "tile_m": tile_m}
+        w = "mn" if kind.layout.transposed else "k"
+        tags = {"family": "rows", "op": op, "elem": kind.elem, "out": out, "tile_m": tile_m, "w": w}
         forced_n = overrides.current().tile_n
         if forced_n is not None:
             tags["tile_n"] = forced_n
@@ -185,10 +221,11 @@ class Sm90(_Backend):
         op2, out2 = _gemm2_op(kind)
         swapped = self._swapped_geometries(kind)
         if swapped:
-            ops = (("gemm1_swiglu", kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
+            ops = (("gemm1_gated", kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
             gemm1, gemm2 = (tuple(self._swapped(kind, g, guard, *op) for g, guard in swapped) for op in ops)
         else:
-            gemm1 = (self._rows(kind, tile_m, "gemm1_swiglu", kind.elem, kind.hidden, kind.inter, 1),)
+            op1 = _gemm1_op(kind.layout)
+            gemm1 = (self._rows(kind, tile_m, op1, kind.elem, kind.hidden, kind.inter, 1),)
             out_bytes = 4 if kind.out == "f32" else 2
             splits = heuristics.max_scatter_splits(kind.top_k, out_bytes) if kind.fused else 1
             gemm2 = (self._rows(kind, tile_m, op2, out2, kind.inter, kind.hidden, splits),)
@@ -199,8 +236,9 @@ class Sm90(_Backend):
         """The array arguments of a launch of `spec` (the configuration fixes the rest): TMA
         descriptors with the boxes the kernel publishes, the plan's arrays, the output."""
         plan, tile_k = g.plan, spec["tile_k"]
-        gemm1 = spec.tags["op"] == "gemm1_swiglu"
+        gemm1 = spec.tags["op"].startswith("gemm1")
         args = dict(
+            **g.gate,
             bias=g.bias,
             expert_offsets=plan.expert_offsets,
             permuted_to_expanded=plan.permuted_to_expanded,
@@ -211,15 +249,15 @@ class Sm90(_Backend):
         )
         if spec.tags["family"] == "swapped":
             if gemm1:
-                w_desc = tma.gate_up_groups_desc(g.w, spec["w_box_groups"], spec["gate_up_group"], tile_k)
+                w_desc = tma.gate_up_groups_desc(
+                    g.w, spec["w_box_groups"], spec["gate_up_group"], tile_k, g.layout.interleaved
+                )
             else:
                 w_desc = tma.tile_desc(g.w, spec["w_box_rows"], tile_k)
             tokens_desc = tma.tile_desc(g.a, spec["token_box"], tile_k)
             return dict(args, w_desc=w_desc, tokens_desc=tokens_desc, expert_counts=plan.expert_counts)
         a = {"x": g.a} if gemm1 else {"a_desc": tma.tile_desc(g.a, spec["a_box_rows"], tile_k)}
-        return dict(
-            args, **a, b_desc=tma.tile_desc(g.w, spec["b_box_rows"], tile_k), tile_expert=plan.tile_expert
-        )
+        return dict(args, **a, b_desc=tma.weights_desc(g.w, spec, g.layout), tile_expert=plan.tile_expert)
 
 
 def run(launches: tuple[Launch, ...], g: GemmArrays) -> None:

@@ -43,7 +43,7 @@ def select(**tags) -> tuple[KernelSpec, ...]:
     key = (arch, overrides.current().sources, *sorted(tags.items()))
     found = _selected.get(key)
     if found is None:
-        found = _selected[key] = tuple(spec for spec in _cache.catalog(arch) if spec.matches(tags))
+        found = _selected[key] = tuple(spec for spec in _cache.catalog(arch, tags) if spec.matches(tags))
     return found
 
 
@@ -86,10 +86,17 @@ class Launch:
         launch(self.spec, self.grid, {**self.fixed, **arrays})
 
 
-def topk_softmax(logits, k: int, renormalize: bool, weights, ids) -> None:
-    (num_tokens, num_experts), spec = logits.shape, kernel(op="topk_softmax", logits=dtype_tag(logits.dtype))
-    args = dict(logits=logits, num_tokens=num_tokens, num_experts=num_experts, k=k, topk_ids=ids)
-    args.update(renormalize=int(renormalize), topk_weights=weights)
+def router(method: str, logits_dtype) -> KernelSpec:
+    """The router kernel for `method` reading logits of this dtype."""
+    return kernel(op="route", method=method, logits=dtype_tag(logits_dtype))
+
+
+def route(spec: KernelSpec, logits, k: int, weights, ids, **options) -> None:
+    """Launch router `spec` over `logits [T, E]` into `weights`, `ids [T, k]`; `options`: the
+    kernel's renormalize, correction_bias, n_group, topk_group and scaling_factor."""
+    (num_tokens, num_experts) = logits.shape
+    args = dict(options, logits=logits, num_tokens=num_tokens, num_experts=num_experts, k=k)
+    args.update(renormalize=int(options["renormalize"]), topk_weights=weights, topk_ids=ids)
     launch(spec, (cdiv(num_tokens, spec["tokens_per_block"]),), args)
 
 

@@ -16,8 +16,10 @@ from ._arrays import (
     require_aligned,
 )
 from ._device import require_gpu, stream_ptr
-from ._validate import ExpertDims
-from .backends import CallKind, ForwardConfig, GemmArrays, run
+from ._interop import like_input
+from ._validate import ExpertDims, WeightLayout
+from .activation import Activation, as_activation
+from .backends import CallKind, ForwardConfig, GemmArrays, gate_args, run
 from .plan import RoutingPlan, launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
@@ -56,6 +58,7 @@ def configure(
         elem=kernels.dtype_tag(dims.dtype),
         out=kernels.dtype_tag(out_dtype),
         fused=fused,
+        layout=backend.reads(dims.layout),
     )
     return backend.configure(kind)
 
@@ -132,15 +135,20 @@ class MoELayer:
 
     w1: `[E_local, 2I, H]` gate rows `0..I-1` then up rows `I..2I-1` (nn.Linear layout);
     w2: `[E_local, H, I]`; b1 `[E_local, 2I]`, b2 `[E_local, H]` optional; all bf16 or all fp16.
+    `transposed=True`: w1 `[E_local, H, 2I]`, w2 `[E_local, I, H]` (transformers' is_transposed).
+    `interleaved=True`: gate j and up j are at 2j and 2j + 1 of w1's 2I axis (gpt-oss); b1 follows
+    w1's order. `activation`: "swiglu", "gpt_oss", "gelu_tanh", "relu2" (not gated: w1 holds I
+    rows) or a `moefuse.Activation` with a clamp limit (see there).
     The layer owns experts `[first_expert, first_expert + E_local)` of `num_experts`
     (default: `first_expert + E_local`); pairs routed elsewhere, or to ids < 0, contribute nothing.
 
-    Non-contiguous weights are copied once here. The workspace grows to the largest batch seen
-    (or `reserve(max_tokens, top_k)` up front), or is the caller's (`workspace=`); then a call
-    allocates nothing when given `out=`. A buffer a captured CUDA graph uses is kept for the
-    layer's lifetime, so graphs stay valid when a later batch grows the workspace. The layer keeps
-    views of the last caller workspace it was given (its carved layouts) until it is given
-    another one or is deleted.
+    Hopper reads every layout in place. Non-contiguous weights are copied once here, and the
+    portable (sm80) kernels read a copy of transposed weights made on their first call. The
+    workspace grows to the largest batch seen (or `reserve(max_tokens, top_k)` up front), or is
+    the caller's (`workspace=`); then a call allocates nothing when given `out=`. A buffer a
+    captured CUDA graph uses is kept for the layer's lifetime, so graphs stay valid when a later
+    batch grows the workspace. The layer keeps views of the last caller workspace it was given
+    (its carved layouts) until it is given another one or is deleted.
     """
 
     def __init__(
@@ -150,14 +158,17 @@ class MoELayer:
         b1=None,
         b2=None,
         *,
-        activation: str = "swiglu",
+        activation: str | Activation = "swiglu",
+        transposed: bool = False,
+        interleaved: bool = False,
         first_expert: int = 0,
         num_experts: int | None = None,
     ) -> None:
-        _validate.check_activation(activation)
+        self.activation = as_activation(activation)
+        layout = WeightLayout(self.activation.gated, transposed, interleaved)
         w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
-        self.dims = _validate.check_expert_weights(w1, w2, b1, b2)
+        self.dims = _validate.check_expert_weights(w1, w2, b1, b2, layout=layout)
         self.device_id = w1.data.device_id
         check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2)))
         with self._on_device():  # copies of non-contiguous weights go where the weights are
@@ -166,7 +177,8 @@ class MoELayer:
             self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
             self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
         self._weight_spans = byte_spans((("w1", self.w1), ("w2", self.w2), ("b1", self.b1), ("b2", self.b2)))
-        self.activation = activation
+        self._gate = gate_args(layout, self.activation, self.dims.intermediate)
+        self._copies: dict[str, tuple] = {}  # per backend that reads a copy of the weights
         self.first_expert = first_expert
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
         _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
@@ -178,6 +190,26 @@ class MoELayer:
         import cupy
 
         return cupy.cuda.Device(self.device_id)
+
+    def _weights_for(self, backend, capturing: bool) -> tuple:
+        """(w1, w2) as `backend` reads them: the layer's own, or a copy in the layout it reads,
+        made on its first call (portable kernels and transposed weights: double the memory)."""
+        if backend.reads(self.dims.layout) == self.dims.layout:
+            return self.w1, self.w2
+        copies = self._copies.get(backend.name)
+        if copies is None:
+            import cupy
+
+            if capturing:
+                _capture.refuse_copy(
+                    "w1",
+                    f"is transposed and the {backend.name} kernels read a copy",
+                    "Run one call before capturing",
+                )
+            copies = self._copies[backend.name] = tuple(
+                cupy.ascontiguousarray(w.transpose(0, 2, 1)) for w in (self.w1, self.w2)
+            )
+        return copies
 
     def workspace_bytes(
         self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
@@ -259,7 +291,7 @@ class MoELayer:
         )
         for _, launch in steps:
             launch()
-        return out
+        return like_input(out, x, topk_weights, topk_ids, self)  # JAX in, JAX out
 
     def steps(
         self,
@@ -313,12 +345,15 @@ class MoELayer:
         if capturing and workspace is None:
             self._workspace.hold_for_capture()
         config, arrays, routing = carved.config, carved.arrays, carved.routing
+        w1, w2 = self._weights_for(backend, capturing)
+        layout = backend.reads(self.dims.layout)
         weights = arrays["topk_weights"] if convert_weights else topk_weights
         h, x_perm, y = arrays["h"], arrays.get("x_perm"), arrays.get("y")
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where the
         # configuration says so, a memset otherwise.
         zero = out if config.clears_out else None
-        gemm1 = GemmArrays(x if x_perm is None else x_perm, self.w1, self.b1, routing, h, zero=zero)
+        a1 = x if x_perm is None else x_perm
+        gemm1 = GemmArrays(a1, w1, self.b1, routing, h, zero=zero, layout=layout, gate=self._gate)
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
@@ -330,10 +365,10 @@ class MoELayer:
             if not config.clears_out:
                 memset = cupy.cuda.runtime.memsetAsync
                 steps.append(("zero_out", lambda: memset(out.data.ptr, 0, out.nbytes, stream_ptr())))
-            gemm2 = GemmArrays(h, self.w2, self.b2, routing, out, weights)
+            gemm2 = GemmArrays(h, w2, self.b2, routing, out, weights, layout=layout)
             steps.append(("gemm2", lambda: run(config.gemm2, gemm2)))
         else:
-            gemm2 = GemmArrays(h, self.w2, self.b2, routing, y)
+            gemm2 = GemmArrays(h, w2, self.b2, routing, y, layout=layout)
             steps += [
                 ("gemm2", lambda: run(config.gemm2, gemm2)),
                 ("finalize", lambda: kernels.finalize(y, routing, weights, out)),

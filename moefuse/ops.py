@@ -16,34 +16,85 @@ from ._arrays import (
     require_aligned,
 )
 from ._device import require_gpu
+from ._interop import like_input
+from ._validate import WeightLayout
+from .activation import Activation, as_activation
 from .layer import MoELayer
 from .layer import workspace_bytes as layer_workspace_bytes
 from .plan import PLAN_ARRAYS, RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
 
 
-def route(router_logits, k: int, renormalize: bool = True):
-    """Softmax over experts, then the top `k` per token (ties to the lower id).
+def route(
+    router_logits,
+    k: int,
+    renormalize: bool = True,
+    *,
+    method: str = "softmax",
+    correction_bias=None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    scaling_factor: float = 1.0,
+):
+    """The top `k` experts of each token and their weights, as a model's router picks them:
 
-    Returns `(topk_weights float32 [T, k], topk_ids int32 [T, k])`, weights in descending order,
-    renormalised to sum to 1 per token when `renormalize`. Logits are read as they are when fp32,
-    bf16 or fp16 (other float types are converted first)."""
+    - "softmax" (Mixtral, Qwen3-MoE): softmax over the E logits, then the k largest.
+    - "topk_softmax" (gpt-oss): the k largest logits, then a softmax over those k (their weights
+      sum to 1 already, so `renormalize` changes nothing).
+    - "sigmoid" (DeepSeek-V3): scores sigmoid(logits); the experts are chosen by score +
+      `correction_bias` [E] (selection only) among the `topk_group` of `n_group` groups whose two
+      largest biased scores sum highest; the weights are the unbiased scores.
+
+    `renormalize` (norm_topk_prob) divides the weights by their sum ("sigmoid": the sum + 1e-20),
+    then every weight is multiplied by `scaling_factor` (routed_scaling_factor).
+
+    Returns `(topk_weights float32 [T, k], topk_ids int32 [T, k])`: the bits transformers' router
+    computes on CUDA, in its order (docs/DESIGN.md D26): the softmax methods in descending order,
+    "sigmoid" the experts above the k-th by ascending id, then the k-th. Ties go to the lower id.
+    Logits are read as they are when fp32, bf16 or fp16, correction_bias when fp32 (other float
+    types are converted first). All on the GPU, no host sync."""
     import cupy
 
+    _validate.check_route_method(method)
     logits = as_device_array(router_logits, "router_logits")
-    num_tokens, _ = _validate.check_router_logits(logits, k)
+    num_tokens, num_experts = _validate.check_router_logits(logits, k)
+    bias = optional_device_array(correction_bias, "correction_bias")
     device_id, capturing = require_gpu(), _capture.capturing()
-    check_device(device_id, (("router_logits", logits),))
-    if np.dtype(logits.dtype) not in LOGIT_DTYPES:
-        if capturing:
-            _capture.refuse_copy("router_logits", f"is {logits.dtype}", "Pass fp32, bf16 or fp16 logits")
-        logits = logits.astype(FLOAT32)
-    logits = contiguous(logits, "router_logits", capturing)
+    check_device(device_id, (("router_logits", logits), ("correction_bias", bias)))
+    read_as = np.dtype(logits.dtype) if np.dtype(logits.dtype) in LOGIT_DTYPES else FLOAT32
+    spec = kernels.router(method, read_as)
+    _validate.check_router(
+        num_experts, k, method, bias, n_group, topk_group, scaling_factor, spec["max_groups"]
+    )
+    logits = _router_input(logits, read_as, "router_logits", capturing, "Pass fp32, bf16 or fp16 logits")
+    if bias is not None:
+        bias = _router_input(bias, FLOAT32, "correction_bias", capturing, "Pass a float32 correction_bias")
     topk_weights = cupy.empty((num_tokens, k), dtype=FLOAT32)
     topk_ids = cupy.empty((num_tokens, k), dtype=np.int32)
     if num_tokens:
-        kernels.topk_softmax(logits, k, renormalize, topk_weights, topk_ids)
-    return topk_weights, topk_ids
+        kernels.route(
+            spec,
+            logits,
+            k,
+            topk_weights,
+            topk_ids,
+            renormalize=renormalize,
+            correction_bias=bias,
+            n_group=n_group,
+            topk_group=topk_group,
+            scaling_factor=scaling_factor,
+        )
+    return like_input((topk_weights, topk_ids), router_logits, correction_bias)  # JAX in, JAX out
+
+
+def _router_input(array, dtype, name: str, capturing: bool, fix: str):
+    """`array` as the router kernel reads it: `dtype`, C-contiguous (a copy, refused under
+    capture, where needed)."""
+    if np.dtype(array.dtype) != dtype:
+        if capturing:
+            _capture.refuse_copy(name, f"is {array.dtype}", fix)
+        array = array.astype(dtype)
+    return contiguous(array, name, capturing)
 
 
 def plan(
@@ -91,6 +142,7 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
     are left as they were. `out` must not overlap `a`, `w`, `bias` or the plan."""
     import cupy
 
+    inputs = (a, w, bias)  # as the caller passed them: JAX in, JAX out (moefuse._interop)
     a, w = as_device_array(a, "a"), as_device_array(w, "w")
     bias = optional_device_array(bias, "bias")
     if a.ndim != 2 or a.shape[0] != routing.capacity:
@@ -130,18 +182,28 @@ def grouped_gemm(a, w, routing: RoutingPlan, *, bias=None, out=None):
         )
         config = backend.configure(kind, tile_m=routing.tile_m)
         backends.run(config.gemm2, backends.GemmArrays(a, w, bias, routing, out))
-    return out
+    return like_input(out, *inputs)
 
 
 def workspace_bytes(
-    num_tokens: int, top_k: int, w1, w2, *, fused_finalize: bool = True, out_dtype=None
+    num_tokens: int,
+    top_k: int,
+    w1,
+    w2,
+    *,
+    fused_finalize: bool = True,
+    out_dtype=None,
+    activation: str | Activation = "swiglu",
+    transposed: bool = False,
+    interleaved: bool = False,
 ) -> int:
     """Device bytes `fused_moe(x, w1, w2, ..., workspace=buf)` needs for any batch of up to
     `num_tokens` tokens with `top_k` slots, this finalize path and output dtype (`buf.nbytes` must
-    be at least this).
+    be at least this); the weights' activation and layout as for `fused_moe`.
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
     force (`moefuse.override`)."""
-    dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"))
+    layout = WeightLayout(as_activation(activation).gated, transposed, interleaved)
+    dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"), layout=layout)
     return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 
 
@@ -154,7 +216,9 @@ def fused_moe(
     *,
     b1=None,
     b2=None,
-    activation: str = "swiglu",
+    activation: str | Activation = "swiglu",
+    transposed: bool = False,
+    interleaved: bool = False,
     fused_finalize: bool = True,
     out=None,
     out_dtype=None,
@@ -164,15 +228,18 @@ def fused_moe(
 ):
     """One MoE expert layer: `out[t] = sum_j w[t, j] * (act(x[t] @ w1[e].T + b1[e]) @ w2[e].T + b2[e])`.
 
-    See `MoELayer` for the arguments; this builds a layer for one call (no weight copies unless an
-    input is not C-contiguous). Repeated calls with the same weights should hold a `MoELayer`.
+    See `MoELayer` for the arguments (the activation and the weights' layout among them); this
+    builds a layer for one call (no weight copies unless an input is not C-contiguous). Repeated
+    calls with the same weights should hold a `MoELayer`.
     `workspace`: a device buffer of at least `workspace_bytes(T, k, w1, w2, ...)` bytes; with it
     (and `out=`) nothing is allocated. Under CUDA graph capture it is required: the workspace of a
     one-call layer would be freed while the graph still uses it."""
+    primary = x  # as the caller passed it: JAX in, JAX out (moefuse._interop)
     x = as_device_array(x, "x")
     w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
     b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
-    _validate.check_expert_weights(w1, w2, b1, b2, x=x)  # x's H and dtype: a weight that differs is named
+    layout = WeightLayout(as_activation(activation).gated, transposed, interleaved)
+    _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout)  # a weight unlike x is named
     if workspace is None and _capture.capturing():
         raise ValueError(
             "fused_moe under CUDA graph capture needs workspace= (a device buffer of "
@@ -181,9 +248,17 @@ def fused_moe(
             "would be freed while the graph still uses it"
         )
     layer = MoELayer(
-        w1, w2, b1, b2, activation=activation, first_expert=first_expert, num_experts=num_experts
+        w1,
+        w2,
+        b1,
+        b2,
+        activation=activation,
+        transposed=transposed,
+        interleaved=interleaved,
+        first_expert=first_expert,
+        num_experts=num_experts,
     )
-    return layer(
+    result = layer(
         x,
         topk_weights,
         topk_ids,
@@ -192,3 +267,4 @@ def fused_moe(
         fused_finalize=fused_finalize,
         workspace=workspace,
     )
+    return like_input(result, primary, topk_weights, topk_ids, layer)

@@ -6,8 +6,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from moefuse import _spec
-from moefuse.backends import GemmArrays, Sm80, Sm90
+from moefuse import _sources, _spec, _validate
+from moefuse._validate import STANDARD_LAYOUT
+from moefuse.activation import Activation
+from moefuse.backends import GemmArrays, Sm80, Sm90, gate_args
 from tests.conftest import ARCHS
 
 SMEM_PER_BLOCK = 227 * 1024  # sm_80 (163 KiB) and newer take less or as much: an upper bound
@@ -40,6 +42,19 @@ def test_each_kernel_choice_is_unique(specs):
         assert len(keys) == len(set(keys)), arch
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_router_reads_every_logit_dtype(specs, arch):
+    """route looks its kernel up by method and logits dtype; the CPU tests of its n_group limit
+    use the number the kernels publish."""
+    from tests.test_validate import MAX_GROUPS
+
+    routers = [s for s in specs[arch] if s.tags["op"] == "route"]
+    found = {(s.tags["method"], s.tags["logits"]) for s in routers}
+    assert found == {(m, t) for m in _validate.ROUTE_METHODS for t in ("f32", "bf16", "f16")}
+    assert {s["max_groups"] for s in routers} == {MAX_GROUPS}
+    assert all(s.threads == 32 * s["tokens_per_block"] for s in routers)  # a warp per token
+
+
 def test_the_same_kernels_on_every_architecture_they_build_for(specs):
     portable = {s.name for s in specs["sm_80"]}
     assert portable <= {s.name for s in specs["sm_90a"]} and portable <= {s.name for s in specs["sm_100a"]}
@@ -55,15 +70,22 @@ class FakeTma:
         return ("tile", box_rows, box_cols)
 
     @staticmethod
-    def gate_up_groups_desc(w1, groups, group, box_cols):
+    def gate_up_groups_desc(w1, groups, group, box_cols, interleaved):
         return ("gate_up", groups, group, box_cols)
 
+    @staticmethod
+    def weights_desc(w, spec, layout):
+        return ("weights", spec["b_box_rows"], spec["tile_k"])
 
-def fake_gemm() -> GemmArrays:
+
+def fake_gemm(spec) -> GemmArrays:
+    """A GEMM's arrays for `spec`, with the activation arguments when it is a gated GEMM1."""
     array = np.zeros(16, dtype=np.uint8)
     names = ("expert_counts", "expert_offsets", "tile_expert", "permuted_to_expanded")
     plan = SimpleNamespace(**dict.fromkeys(names, array))
-    return GemmArrays(array, array, None, plan, array, topk_weights=array, zero=array)
+    gated = spec.tags["op"].startswith("gemm1_gated")
+    gate = gate_args(STANDARD_LAYOUT, Activation(), 8) if gated else {}
+    return GemmArrays(array, array, None, plan, array, topk_weights=array, zero=array, gate=gate)
 
 
 # The arguments a ForwardConfig fixes per family (backends.Sm80._launch, Sm90._rows, Sm90._swapped).
@@ -76,13 +98,12 @@ FIXED = {
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_host_passes_exactly_the_gemm_parameters(specs, arch):
-    gemm = fake_gemm()
     for spec in specs[arch]:
         family = spec.tags.get("family")
         if family not in FIXED:
             continue
         backend = Sm80 if family == "sm80" else Sm90
-        args = backend.arrays(spec, gemm, tma=FakeTma)
+        args = backend.arrays(spec, fake_gemm(spec), tma=FakeTma)
         assert not FIXED[family] & set(args)
         spec.check_names({*args, *FIXED[family]})
         packed = spec.pack({**args, **dict.fromkeys(FIXED[family], 1)})
@@ -90,17 +111,26 @@ def test_host_passes_exactly_the_gemm_parameters(specs, arch):
 
 
 def test_sm90_descriptors_take_the_published_boxes(specs):
-    gate_up, tile = [], []
-    gemm = fake_gemm()
+    found = {"gate_up": 0, "tile": 0, "weights": 0}
     for spec in specs["sm_90a"]:
         if spec.tags.get("family") not in ("rows", "swapped"):
             continue
-        args = Sm90.arrays(spec, gemm, tma=FakeTma)
+        args = Sm90.arrays(spec, fake_gemm(spec), tma=FakeTma)
         descs = [v for v in args.values() if isinstance(v, tuple)]
         assert all(d[-1] == spec["tile_k"] for d in descs), spec.name
-        gate_up += [d for d in descs if d[0] == "gate_up"]
-        tile += [d for d in descs if d[0] == "tile"]
-    assert gate_up and tile
+        for d in descs:
+            found[d[0]] += 1
+    assert all(found.values()), found
+
+
+def test_variant_modules_hold_only_their_kernels(specs):
+    """A variant module compiles only when a query names its tags (_sources.VARIANT_TAGS): each
+    of its kernels carries them, so no query that omits them could have wanted it."""
+    for spec in specs["sm_90a"]:
+        wanted = _sources.VARIANT_TAGS.get(spec.module, {})
+        assert all(spec.tags.get(k) == v for k, v in wanted.items()), spec.name
+        assert spec.module in _sources.modules_needed("sm_90a", spec.tags), spec.name
+    assert not set(_sources.VARIANT_TAGS) & set(_sources.modules_needed("sm_90a", {}))
 
 
 def test_parameter_lists_parse_into_host_conversions():

@@ -15,7 +15,7 @@ def widths(specs):
     """(tile_m, op) -> BN of the Hopper row-major kernels, widest first, from their contracts."""
     found = {}
     for s in specs["sm_90a"]:
-        if s.tags.get("family") == "rows" and s.tags["elem"] == "bf16":
+        if s.tags.get("family") == "rows" and s.tags["elem"] == "bf16" and s.tags["w"] == "k":
             found.setdefault((s["tile_m"], s.tags["op"]), set()).add(s["tile_n"])
     return {key: tuple(sorted(v, reverse=True)) for key, v in found.items()}
 
@@ -25,7 +25,7 @@ def choose(widths):
     """(BN, k_splits) as the Hopper backend chooses them: SwiGLU kernels make BN / 2 outputs."""
 
     def choose(m, n, depth, swiglu, can_split, tile_m=128, top_k=8, out_itemsize=4):
-        bns = widths[(tile_m, "gemm1_swiglu" if swiglu else "gemm2_store")]
+        bns = widths[(tile_m, "gemm1_gated" if swiglu else "gemm2_store")]
         out_cols = tuple(bn // 2 if swiglu else bn for bn in bns)
         max_splits = heuristics.max_scatter_splits(top_k, out_itemsize) if can_split else 1
         cols, splits = heuristics.choose_sm90_tiles(m, n, depth, SMS, max_splits, out_cols, 64)
@@ -71,7 +71,7 @@ def test_chosen_units_always_cover_the_sms_or_the_problem(choose, widths, tile_m
 
 def test_64_row_tiles_keep_each_warpgroup_mma_64_wide(choose, widths):
     # At BM = 64 the warpgroups split BN; wgmma.cuh has N >= 64, so BN >= 128.
-    for op in ("gemm1_swiglu", "gemm2_store", "gemm2_scatter"):
+    for op in ("gemm1_gated", "gemm2_store", "gemm2_scatter"):
         assert widths[(64, op)] == (256, 128)
         assert widths[(128, op)] == (256, 128, 64)
     # Qwen3 T=1 (8 tiles): no width fills the SMs, so both take the narrowest; GEMM2's 128

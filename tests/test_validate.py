@@ -6,6 +6,8 @@ import pytest
 
 import moefuse
 from moefuse import _validate
+from moefuse._validate import WeightLayout
+from moefuse.activation import Activation, as_activation
 
 BF16 = ml_dtypes.bfloat16
 E, H, INTER, T, K = 4, 64, 32, 5, 2
@@ -124,7 +126,7 @@ def test_moe_input_errors(kwargs, error, match):
             None,
             None,
             ValueError,
-            "dim 1 is odd",
+            "its 2I axis is odd",
         ),
         (
             np.empty((E, 2 * INTER), BF16),
@@ -159,6 +161,95 @@ def test_route_argument_errors():
     assert _validate.check_router_logits(np.empty((T, E), BF16), 2) == (T, E)
 
 
+ROUTER_EXPERTS = 256  # DeepSeek-V3's
+MAX_GROUPS = 32  # what the router kernels publish (test_contracts checks it)
+DEEPSEEK_V3 = dict(method="sigmoid", correction_bias=None, n_group=8, topk_group=4, scaling_factor=2.5)
+
+
+def check_router(k=8, **changes):
+    options = {**DEEPSEEK_V3, **changes}
+    _validate.check_router(ROUTER_EXPERTS, k, max_groups=MAX_GROUPS, **options)
+
+
+@pytest.mark.parametrize(
+    "k, changes, error, match",
+    [
+        (
+            8,
+            {"method": "topk"},
+            ValueError,
+            r"method must be one of \('softmax', 'topk_softmax', 'sigmoid'\)",
+        ),
+        (8, {"method": None}, ValueError, "method must be one of"),
+        (8, {"scaling_factor": 0.0}, ValueError, "scaling_factor must be finite and > 0, got 0.0"),
+        (8, {"scaling_factor": -2.5}, ValueError, "scaling_factor must be finite and > 0"),
+        (8, {"scaling_factor": float("inf")}, ValueError, "scaling_factor must be finite and > 0, got inf"),
+        (8, {"scaling_factor": float("nan")}, ValueError, "scaling_factor must be finite and > 0, got nan"),
+        (8, {"scaling_factor": "2.5"}, TypeError, "scaling_factor must be a float, got str"),
+        (8, {"scaling_factor": True}, TypeError, "scaling_factor must be a float, got bool"),
+        (8, {"n_group": 8.0}, TypeError, "n_group must be an int, got float"),
+        (8, {"topk_group": None}, TypeError, "topk_group must be an int, got NoneType"),
+        (8, {"n_group": 0}, ValueError, r"n_group must be in \[1, 32\], got 0"),
+        (8, {"n_group": 64}, ValueError, r"n_group must be in \[1, 32\], got 64"),
+        (
+            8,
+            {"n_group": 3},
+            ValueError,
+            r"n_group must divide num_experts = router_logits.shape\[1\] = 256, got 3",
+        ),
+        (8, {"topk_group": 0}, ValueError, r"topk_group must be in \[1, n_group=8\], got 0"),
+        (8, {"topk_group": 9}, ValueError, r"topk_group must be in \[1, n_group=8\], got 9"),
+        (129, {}, ValueError, r"k must be at most topk_group \* \(num_experts / n_group\) = 128"),
+        (
+            8,
+            {"correction_bias": np.empty(255, np.float32)},
+            ValueError,
+            r"correction_bias must have shape \[E\]",
+        ),
+        (
+            8,
+            {"correction_bias": np.empty((1, 256), np.float32)},
+            ValueError,
+            "correction_bias must have shape",
+        ),
+        (8, {"correction_bias": np.empty(256, np.int32)}, TypeError, "correction_bias must be a float array"),
+        (8, {"method": "softmax"}, ValueError, "apply to method='sigmoid' only, not 'softmax'"),
+        (
+            8,
+            {
+                "method": "topk_softmax",
+                "n_group": 1,
+                "topk_group": 1,
+                "correction_bias": np.empty(256, np.float32),
+            },
+            ValueError,
+            "correction_bias, n_group and topk_group apply to method='sigmoid' only",
+        ),
+    ],
+)
+def test_router_option_errors(k, changes, error, match):
+    with pytest.raises(error, match=match):
+        _validate.check_route_method(changes.get("method", "sigmoid"))
+        check_router(k, **changes)
+
+
+def test_router_options_that_pass():
+    check_router()  # DeepSeek-V3
+    check_router(k=128)  # every expert of the 4 groups kept
+    check_router(correction_bias=np.empty(256, np.float32))
+    check_router(correction_bias=np.empty(256, BF16))  # converted on the GPU
+    check_router(n_group=1, topk_group=1, scaling_factor=2.827)  # Kimi-K2
+    check_router(n_group=MAX_GROUPS, topk_group=MAX_GROUPS, k=256)
+    check_router(method="softmax", n_group=1, topk_group=1, scaling_factor=1)
+    check_router(method="topk_softmax", n_group=1, topk_group=1, scaling_factor=np.float32(1.5))
+
+
+def test_router_groups_need_two_experts_each():
+    _validate.check_router(64, 2, "sigmoid", None, 32, 4, 1.0, max_groups=MAX_GROUPS)
+    with pytest.raises(ValueError, match="leaves 1 expert per group; a group is scored by its two largest"):
+        _validate.check_router(32, 2, "sigmoid", None, 32, 4, 1.0, max_groups=MAX_GROUPS)
+
+
 def test_expert_range_errors():
     assert _validate.check_expert_range(16, 4, None) == 12
     assert _validate.check_expert_range(16, 4, 8) == 8
@@ -181,8 +272,6 @@ def test_out_and_dtype_errors():
         _validate.check_out(np.empty((T, H + 8), BF16), (T, H), np.dtype(BF16))
     with pytest.raises(ValueError, match="out must be C-contiguous"):
         _validate.check_out(np.empty((H, T), BF16).T, (T, H), np.dtype(BF16))
-    with pytest.raises(ValueError, match="activation must be one of"):
-        _validate.check_activation("gelu")
 
 
 def test_32_bit_indexing_limit():
@@ -218,3 +307,76 @@ def test_counts_must_be_non_negative_ints():
     for bad in (-1, 2.0, True, "3"):
         with pytest.raises(ValueError, match="num_tokens must be a non-negative int"):
             _validate.check_count(bad, "num_tokens")
+
+
+@pytest.mark.parametrize(
+    ("activation", "error", "match"),
+    [
+        ("gelu", ValueError, "activation kind must be one of"),
+        (3, TypeError, "activation must be a str or moefuse.Activation"),
+        (dict(kind="relu2", limit=7.0), ValueError, "relu2 takes no limit"),
+        (dict(kind="swiglu", alpha=1.0), ValueError, "alpha is gpt_oss's parameter"),
+        (dict(kind="swiglu", limit=-1.0), ValueError, "limit must be a finite number > 0"),
+        (dict(kind="gpt_oss", alpha=float("nan")), ValueError, "alpha must be a finite number > 0"),
+        (dict(kind="gpt_oss", limit=True), ValueError, "limit must be a finite number > 0"),
+    ],
+)
+def test_activation_errors(activation, error, match):
+    with pytest.raises(error, match=match):
+        as_activation(Activation(**activation) if isinstance(activation, dict) else activation)
+
+
+def test_activation_kernel_arguments_are_the_named_forms():
+    """The one formula's parameters reproduce each form (against its textbook expression)."""
+    g = np.linspace(-12.0, 12.0, 97)
+    u = np.linspace(9.0, -9.0, 97)
+    silu = g / (1 + np.exp(-g))
+    assert np.allclose(Activation("swiglu").reference(g, u), silu * u)
+    gc, uc = np.minimum(g, 7.0), np.clip(u, -7.0, 7.0)
+    assert np.allclose(Activation("swiglu", limit=7.0).reference(g, u), gc / (1 + np.exp(-gc)) * uc)
+    assert np.allclose(Activation("gpt_oss").reference(g, u), gc / (1 + np.exp(-1.702 * gc)) * (uc + 1))
+    gelu = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    assert np.allclose(Activation("gelu_tanh").reference(g, u), gelu * u)
+    assert np.allclose(Activation("relu2").reference(None, u), np.maximum(u, 0) ** 2)
+    assert as_activation("relu2") == Activation("relu2") and not Activation("relu2").gated
+
+
+@pytest.mark.parametrize(
+    ("layout", "w1_shape", "w2_shape", "b1_shape", "match"),
+    [
+        (WeightLayout(transposed=True), (E, H, 2 * INTER), (E, INTER, H), (E, 2 * INTER), None),
+        (WeightLayout(gated=False), (E, INTER, H), (E, H, INTER), (E, INTER), None),
+        (WeightLayout(gated=False, transposed=True), (E, H, INTER), (E, INTER, H), None, None),
+        (WeightLayout(transposed=True), (E, 2 * INTER, H), (E, H, INTER), None, r"w2 must .* \[E, I, H\]"),
+        (
+            WeightLayout(transposed=True),
+            (E, H, 2 * INTER),
+            (E, H, INTER),
+            None,
+            r"w2 must have shape \[E, I, H\]",
+        ),
+        (
+            WeightLayout(gated=False),
+            (E, INTER, H),
+            (E, H, INTER),
+            (E, 2 * INTER),
+            r"b1 must have shape \[E, I\]",
+        ),
+    ],
+)
+def test_weight_layouts(layout, w1_shape, w2_shape, b1_shape, match):
+    w1, w2 = np.empty(w1_shape, BF16), np.empty(w2_shape, BF16)
+    b1 = None if b1_shape is None else np.empty(b1_shape, BF16)
+    if match is None:
+        dims = _validate.check_expert_weights(w1, w2, b1, layout=layout)
+        assert (dims.hidden, dims.intermediate, dims.layout) == (H, INTER, layout)
+        return
+    with pytest.raises(ValueError, match=match):
+        _validate.check_expert_weights(w1, w2, b1, layout=layout)
+
+
+def test_interleaved_needs_a_gate():
+    with pytest.raises(ValueError, match="interleaved=True needs a gated activation"):
+        WeightLayout(gated=False, interleaved=True)
+    with pytest.raises(TypeError, match="transposed must be a bool"):
+        WeightLayout(transposed="yes")

@@ -1,7 +1,7 @@
 """A small forward through every kernel, for compute-sanitizer (memcheck, racecheck, synccheck,
 initcheck): every Hopper family at both tile heights, both finalize paths and output types, an
-expert-parallel slice, the router on fp32 and bf16 logits, the caller's workspace, and a forward
-captured in a CUDA graph and replayed.
+expert-parallel slice, the routers on fp32 and bf16 logits, the caller's workspace, a forward
+captured in a CUDA graph and replayed, and every activation on every weight layout.
 
 compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
 """
@@ -33,6 +33,29 @@ def caller_workspace_and_graph(layer, x, weights, ids) -> None:
         stream.synchronize()
 
 
+def layouts(rng, x, weights, ids, experts: int) -> None:
+    """Every activation kernel on every weight layout (interleaved and transposed weights are the
+    standard ones re-laid out; only the kernels' memory accesses matter here)."""
+    bf16 = ml_dtypes.bfloat16
+    hidden, inter = x.shape[1], 200
+    for activation, rows in (("gpt_oss", 2 * inter), ("gelu_tanh", 2 * inter), ("relu2", inter)):
+        w1 = cupy.asarray((rng.standard_normal((experts, rows, hidden)) * hidden**-0.5).astype(bf16))
+        w2 = cupy.asarray((rng.standard_normal((experts, hidden, inter)) * inter**-0.5).astype(bf16))
+        b1 = cupy.asarray(rng.standard_normal((experts, rows)).astype(bf16))
+        for transposed in (False, True):
+            for interleaved in (False, True) if activation != "relu2" else (False,):
+                w1s, w2s = (
+                    cupy.ascontiguousarray(w.transpose(0, 2, 1)) if transposed else w for w in (w1, w2)
+                )
+                layer = moefuse.MoELayer(
+                    w1s, w2s, b1, activation=activation, transposed=transposed, interleaved=interleaved
+                )
+                for family in FAMILIES:
+                    with moefuse.override(family=family):
+                        layer(x, weights, ids)
+                        layer(x[:8], weights[:8], ids[:8], fused_finalize=False)
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     rng = np.random.default_rng(0)
@@ -62,6 +85,18 @@ def main() -> None:
                 layer(x[:decode], weights[:decode], ids[:decode], fused_finalize=fused)
             moefuse.MoELayer(w1, w2)(big_x, big_w, many)
     caller_workspace_and_graph(layer, x, weights, ids)
+    layouts(rng, x, weights, ids, experts)
+    moefuse.route(cupy.asarray(logits), top_k, method="topk_softmax")
+    bias = cupy.asarray(rng.standard_normal(experts).astype(np.float32))
+    moefuse.route(
+        cupy.asarray(logits.astype(bf16)),
+        top_k,
+        method="sigmoid",
+        correction_bias=bias,
+        n_group=4,
+        topk_group=2,
+        scaling_factor=2.5,
+    )
     cupy.cuda.Device().synchronize()
     print("sanitize_forward: done")
 

@@ -73,6 +73,24 @@ DEV void tma_load_2d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int 
       : "memory");
 }
 
+// The 3-D and 4-D boxes at coordinates (c0 innermost, ...), laid out in shared memory innermost
+// first.
+DEV void tma_load_3d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_u32(smem_dst)),
+      "l"(desc), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+DEV void tma_load_4d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int c1, int c2,
+                     int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];" ::"r"(smem_u32(smem_dst)),
+      "l"(desc), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
 // The 5-D box at coordinates (c0 innermost, ..., c4), laid out in shared memory innermost first.
 DEV void tma_load_5d(void* smem_dst, const TmaDesc* desc, u64* bar, int c0, int c1, int c2, int c3,
                      int c4) {

@@ -121,6 +121,3 @@ DEV void red_add2(float* gmem, float lo, float hi) {
 }
 
 DEV float positive_inf() { return __int_as_float(0x7f800000); }
-// x * sigmoid(x) with the fast divide (2 ulp; the result is rounded to 16 bits anyway). For
-// x -> -inf, __expf(-x) overflows to inf and __fdividef returns 0, the right limit.
-DEV float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }

@@ -3,6 +3,7 @@
 // of a pipeline stage, the register split between the roles, and the named barriers.
 // grouped_gemm.cuh (row-major tiles) and swapped.cuh (swapped operands) build on it.
 #pragma once
+#include "../common/activation.cuh"
 #include "../common/async.cuh"
 #include "../common/spec.cuh"
 #include "wgmma.cuh"
@@ -39,7 +40,14 @@ static_assert(REGS_FIT<PRODUCER_REGS, CONSUMER_REGS>, "setmaxnreg within the lau
 // EPILOGUE_BARRIER + c.
 constexpr u32 EPILOGUE_BARRIER = 1;
 
-enum class Epilogue { SwiGLU, Store, ScatterAdd };
+// GEMM1: Gated (a tile's gate columns, then the matching up columns), GatedPairs (gate and up in
+// adjacent columns: weights stored [K, 2I] interleaved), Relu2 (not gated); GEMM2: Store (rows
+// for the finalize) or ScatterAdd (router-weighted rows added into the tokens' outputs).
+enum class Epilogue { Gated, GatedPairs, Relu2, Store, ScatterAdd };
+DEV constexpr bool is_gated(Epilogue e) {
+  return e == Epilogue::Gated || e == Epilogue::GatedPairs;
+}
+DEV constexpr bool is_gemm1(Epilogue e) { return is_gated(e) || e == Epilogue::Relu2; }
 
 // An sm90 entry point: MOEFUSE_KERNEL (common/spec.cuh) with the launch shape every kernel here
 // shares. PARAMS is macro-expanded before MOEFUSE_KERNEL publishes it, so it may use

@@ -1,6 +1,6 @@
 // The sm90 epilogue in three pieces, which each kernel family composes for its fragment layout:
-//   (1) finished values from the f32 accumulators: SwiGLU with bias, the plain store's acc + bias,
-//       the scatter's router weight * (acc + bias);
+//   (1) finished values from the f32 accumulators: the gated activation with bias, the plain
+//       store's acc + bias (relu^2 of it), the scatter's router weight * (acc + bias);
 //   (2) staging through the consumer warpgroup's shared memory, converted to the output type:
 //       fragments in place (row-major tiles) or transposed (swapped operands), so that
 //   (3) the write-out moves coalesced 16-byte vectors: st.global, or red.global.add (scatter).
@@ -10,15 +10,15 @@
 namespace sm90 {
 
 // ---- (1) finished values ------------------------------------------------------------------------
-DEV float swiglu(float gate, float up, float gate_bias, float up_bias) {
-  return silu(gate + gate_bias) * (up + up_bias);
-}
-// Store: acc + bias; ScatterAdd: the router weight `scale` times that.
+// Gated: gated_activation (common/activation.cuh). The others: acc + bias, then relu^2 (Relu2) or
+// times the router weight `scale` (ScatterAdd).
 template <Epilogue EPI>
 DEV float finish_linear(float acc, float bias, float scale) {
-  static_assert(EPI != Epilogue::SwiGLU, "SwiGLU pairs gate and up: swiglu()");
+  static_assert(!is_gated(EPI), "a gated epilogue pairs gate and up: gated_activation()");
   if constexpr (EPI == Epilogue::ScatterAdd) {
     return scale * (acc + bias);
+  } else if constexpr (EPI == Epilogue::Relu2) {
+    return relu2(acc + bias);
   } else {
     return acc + bias;
   }
@@ -33,6 +33,13 @@ DEV void stage_pair(unsigned char* dst, float v0, float v1) {
   } else {
     *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
   }
+}
+
+// One finished value of a 16-bit output (GEMM1's h) at `dst`.
+template <typename OutT>
+DEV void stage_one(unsigned char* dst, float v) {
+  static_assert(sizeof(OutT) == 2, "a 16-bit output");
+  *reinterpret_cast<u16*>(dst) = (u16)pack2((OutT*)nullptr, v, 0.0f);
 }
 
 // Stages the values v[m][q] of 8x8 matrices m = 0..3 of a warp's fragment (thread l: fragment

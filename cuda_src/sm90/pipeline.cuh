@@ -153,7 +153,8 @@ struct Operands {
 // issue its BK / WGMMA_K steps of m64nNk16 MMAs, each on SUBTILES blocks of A (operands(stage)),
 // commit, run after_issue(kb) while they execute, wait for them and free the stage.
 // A_GENERIC: A was written through the generic proxy (cp.async), which the async proxy must see.
-template <int N, typename Elem, bool A_GENERIC, int STAGES, int SUBTILES, int ACC,
+// B_MN: B is MN-major (weights stored [K, N]).
+template <int N, typename Elem, bool A_GENERIC, bool B_MN, int STAGES, int SUBTILES, int ACC,
           typename OperandsFn, typename AfterIssue>
 DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_begin, int k_end,
                  int lane, OperandsFn&& operands, AfterIssue&& after_issue) {
@@ -166,14 +167,16 @@ DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_beg
 #pragma unroll
     for (int sub = 0; sub < SUBTILES; ++sub)
       a[sub] = smem_desc_sw128(at.a + sub * WGMMA_M * BK * ELEM_BYTES);
-    const u64 b = smem_desc_sw128(at.b);
+    using B = BMajor<B_MN>;
+    const u64 b = B::desc(at.b);
     wgmma_fence();
 #pragma unroll
     for (int k16 = 0; k16 < BK / WGMMA_K; ++k16) {
 #pragma unroll
       for (int sub = 0; sub < SUBTILES; ++sub)
-        wgmma_m64nNk16<N>(acc[sub], smem_desc_advance_k16(a[sub], k16),
-                          smem_desc_advance_k16(b, k16), kb > k_begin || k16 > 0, (Elem*)nullptr);
+        wgmma_m64nNk16<N, B::TRANS>(acc[sub], smem_desc_advance_k16(a[sub], k16),
+                                    B::advance_k16(b, k16), kb > k_begin || k16 > 0,
+                                    (Elem*)nullptr);
     }
     wgmma_commit();
     after_issue(kb);

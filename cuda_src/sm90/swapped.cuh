@@ -8,16 +8,16 @@
 // and 256 x 192. The pipeline is pipeline.cuh's.
 //
 // GEMM1: A is w1 seen through a 5-D TMA map, so that each 16-row group of a subtile's 64 rows
-// holds 8 gate rows, then the 8 matching up rows. Thread (warp w, lane l) then holds the gate and
-// the up value of feature 8w + l/4 for the same tokens (SwiGLU needs no exchange). B is the
-// chunk's rows of x_perm (x in permuted order, written by permute.cu's gather_rows: gathering
-// 256 rows per stage with cp.async starved the MMAs, docs/DESIGN.md D11).
-// GEMM2: A is BW rows of w2 (output features), B the chunk's rows of h.
-// B arrives by TMA in 32-row boxes, only as many as the chunk's rows need.
-// Epilogues as in grouped_gemm.cuh, finished in registers (bias, SwiGLU, router weight) and
-// transposed on the way: the (feature, token) fragments are staged as OutT [token][feature] in
-// shared memory (16-bit outputs by stmatrix.trans), then each thread moves 16-byte vectors of one
-// token's features to global memory (epilogue.cuh).
+// holds 8 gate rows, then the 8 matching up rows (the map's strides read concatenated or
+// interleaved gate and up rows alike). Thread (warp w, lane l) then holds the gate and
+// the up value of feature 8w + l/4 for the same tokens (the gated activation needs no exchange). B
+// is the chunk's rows of x_perm (x in permuted order, written by permute.cu's gather_rows:
+// gathering 256 rows per stage with cp.async starved the MMAs, docs/DESIGN.md D11). GEMM2: A is BW
+// rows of w2 (output features), B the chunk's rows of h. B arrives by TMA in 32-row boxes, only as
+// many as the chunk's rows need. Epilogues as in grouped_gemm.cuh, finished in registers (bias,
+// activation, router weight) and transposed on the way: the (feature, token) fragments are staged
+// as OutT [token][feature] in shared memory (16-bit outputs by stmatrix.trans), then each thread
+// moves 16-byte vectors of one token's features to global memory (epilogue.cuh).
 #pragma once
 #include "epilogue.cuh"
 #include "pipeline.cuh"
@@ -55,15 +55,16 @@ struct Config {
   using Elem = Elem_;
   using OutT = OutT_;
   static constexpr Epilogue EPI = EPI_;
-  static constexpr bool SWIGLU = EPI == Epilogue::SwiGLU;
+  static constexpr bool GATED = EPI == Epilogue::Gated;
+  static_assert(EPI == Epilogue::Gated || !is_gemm1(EPI), "GEMM1 gated, gate and up rows grouped");
   static constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
   static constexpr int BW = G::BW, MAX_ROWS = G::MAX_ROWS, STAGES = G::STAGES;
   static constexpr int SUBTILES = G::SUBTILES;
   static constexpr int PRODUCER_REGS = G::PRODUCER_REGS, CONSUMER_REGS = G::CONSUMER_REGS;
-  static constexpr int BLOCK_OUT = SWIGLU ? BW / 2 : BW;  // output features per weight block
+  static constexpr int BLOCK_OUT = GATED ? BW / 2 : BW;  // output features per weight block
   static constexpr int SUB_OUT = BLOCK_OUT / (CONSUMER_WARPGROUPS * SUBTILES);  // per subtile
-  static constexpr int W_ROWS_PER_N = SWIGLU ? 2 : 1;  // w rows per output feature: gate, up
-  static constexpr int W_BOX_ROWS = BW;                // GEMM2's 2-D box of w2
+  static constexpr int W_ROWS_PER_N = GATED ? 2 : 1;  // w rows per output feature: gate, up
+  static constexpr int W_BOX_ROWS = BW;               // GEMM2's 2-D box of w2
   static constexpr int W_BOX_GROUPS = BW / (2 * GATE_UP_GROUP);  // GEMM1's 5-D box of w1
   static constexpr int TOKEN_BOX = swapped::TOKEN_BOX, MAX_EXPERTS = swapped::MAX_EXPERTS;
   static constexpr int GATE_UP_GROUP = swapped::GATE_UP_GROUP;
@@ -88,9 +89,9 @@ struct Config {
   static_assert(PASS_ROWS >= 32, "whole stmatrix groups per pass");
   // A stmatrix covers 4 token groups of 8 (GEMM1: one 8-feature matrix each) or 2 (GEMM2: the
   // fragment's two 8-feature halves each). Matrix m: token group j0 + group(m), feature half(m).
-  static constexpr int GROUPS_PER_STORE = SWIGLU ? 4 : 2;
-  DEV static int group(int m) { return SWIGLU ? m : m / 2; }
-  DEV static int half(int m) { return SWIGLU ? 0 : m % 2; }
+  static constexpr int GROUPS_PER_STORE = GATED ? 4 : 2;
+  DEV static int group(int m) { return GATED ? m : m / 2; }
+  DEV static int half(int m) { return GATED ? 0 : m % 2; }
 };
 
 // The numbers an entry point with Config C publishes (common/spec.cuh): all of them, then GEMM1's
@@ -111,6 +112,7 @@ struct Args : PlanArgs<typename Cfg::Elem, typename Cfg::OutT> {
   const TmaDesc *w_desc, *tokens_desc;
   const int* expert_counts;
   int busiest_guard;  // the launch's geometry guard: see grouped_gemm
+  GateArgs gate;      // GEMM1
 };
 
 // The producer: thread 0 waits for a free stage, then loads the weight tile and the chunk's token
@@ -130,7 +132,7 @@ DEV void produce_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
         unsigned char* a_tile = T::a(smem, ring.stage());
         unsigned char* b_tile = T::b(smem, ring.stage());
         u64* bar = ring.expect_bytes(T::A_STAGE_BYTES + boxes * BOX_BYTES);
-        if (Cfg::SWIGLU) {
+        if (Cfg::GATED) {
           // (k, row in group, gate | up, GATE_UP_GROUP-feature group, expert): W_BOX_GROUPS groups
           tma_load_5d(a_tile, args.w_desc, bar, kb * BK, 0, 0, tile.block * Cfg::W_BOX_GROUPS,
                       tile.expert);
@@ -179,7 +181,8 @@ struct ChunkRows {
 // feature 16 warp + lane/4 (+8); its bias is row_bias[0] ([1]).
 template <typename Cfg>
 DEV void finish_matrices(float (&v)[4][2], const float (&acc)[Cfg::MAX_ROWS / 2], int j0,
-                         const float (&row_bias)[2], const float* out_scale, int lane) {
+                         const float (&row_bias)[2], const GatedActivation& act,
+                         const float* out_scale, int lane) {
 #pragma unroll
   for (int m = 0; m < 4; ++m) {
     const int j = j0 + Cfg::group(m), h = Cfg::half(m);
@@ -191,8 +194,9 @@ DEV void finish_matrices(float (&v)[4][2], const float (&acc)[Cfg::MAX_ROWS / 2]
     }
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
-      if constexpr (Cfg::SWIGLU) {
-        v[m][q] = swiglu(acc[4 * j + q], acc[4 * j + 2 + q], row_bias[0], row_bias[1]);
+      if constexpr (Cfg::GATED) {
+        v[m][q] =
+            gated_activation(act, acc[4 * j + q] + row_bias[0], acc[4 * j + 2 + q] + row_bias[1]);
       } else {
         v[m][q] = finish_linear<Cfg::EPI>(acc[4 * j + 2 * h + q], row_bias[h], token_scale[q]);
       }
@@ -204,18 +208,18 @@ DEV void finish_matrices(float (&v)[4][2], const float (&acc)[Cfg::MAX_ROWS / 2]
 // [token][feature], a stmatrix (4 matrices) at a time.
 template <typename Cfg>
 DEV void stage_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_ROWS / 2], int pass,
-                    int rows, const float (&row_bias)[2], const float* out_scale, int warp,
-                    int lane) {
+                    int rows, const float (&row_bias)[2], const GatedActivation& act,
+                    const float* out_scale, int warp, int lane) {
   using OutT = typename Cfg::OutT;
 #pragma unroll
   for (int s = 0; s < Cfg::PASS_ROWS / (8 * Cfg::GROUPS_PER_STORE); ++s) {
     const int j0 = (pass * Cfg::PASS_ROWS) / 8 + s * Cfg::GROUPS_PER_STORE;  // first token group
     if (8 * j0 >= Cfg::MAX_ROWS || 8 * j0 >= rows) break;
     float v[4][2];
-    finish_matrices<Cfg>(v, acc, j0, row_bias, out_scale, lane);
+    finish_matrices<Cfg>(v, acc, j0, row_bias, act, out_scale, lane);
     auto place = [&](int m) {
       return Place{8 * (j0 + Cfg::group(m)) - pass * Cfg::PASS_ROWS,
-                   (Cfg::SWIGLU ? 8 * warp : 16 * warp + 8 * Cfg::half(m)) * (int)sizeof(OutT)};
+                   (Cfg::GATED ? 8 * warp : 16 * warp + 8 * Cfg::half(m)) * (int)sizeof(OutT)};
     };
     stage_transposed<OutT, Cfg::PITCH>(staging, v, place, lane);
   }
@@ -233,14 +237,16 @@ DEV void write_subtile(const Args<Cfg>& args, const Chunk& tile, const ConsumerT
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int col =
-        first_col + (Cfg::SWIGLU ? 8 * me.warp + me.lane / 4 : 16 * me.warp + me.lane / 4 + 8 * h);
+        first_col + (Cfg::GATED ? 8 * me.warp + me.lane / 4 : 16 * me.warp + me.lane / 4 + 8 * h);
     if (expert_bias && col < args.N)
-      row_bias[h] = to_float(expert_bias[Cfg::SWIGLU ? col + h * args.N : col]);
+      row_bias[h] = to_float(
+          expert_bias[Cfg::GATED ? col * args.gate.gate_up_step + h * args.gate.up_offset : col]);
   }
 #pragma unroll
   for (int pass = 0; pass < Cfg::PASSES; ++pass) {
     if (pass * Cfg::PASS_ROWS >= tile.rows) break;
-    stage_pass<Cfg>(staging, acc, pass, tile.rows, row_bias, out_scale, me.warp, me.lane);
+    stage_pass<Cfg>(staging, acc, pass, tile.rows, row_bias, args.gate.act, out_scale, me.warp,
+                    me.lane);
     consumer_sync(me.c);
     const int first_token = pass * Cfg::PASS_ROWS;
     write_out<typename Cfg::Pass, Cfg::SCATTER, typename Cfg::OutT>(
@@ -267,7 +273,7 @@ DEV void consume_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
   for_each_unit(experts, [&](const Chunk& tile) {
     ChunkRows rows(args.permuted_to_expanded, tile, me.t);
     with_width<Cfg::MAX_ROWS>(tile.rows, [&](auto width) {
-      consume<decltype(width)::value, typename Cfg::Elem, false>(
+      consume<decltype(width)::value, typename Cfg::Elem, false, false>(
           ring, acc, tile.k_begin, tile.k_end, me.lane,
           [&](u32 stage) {
             return Operands{T::a(smem, stage) + Cfg::SUBTILES * me.c * WGMMA_M * BK * ELEM_BYTES,
@@ -318,7 +324,7 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
 // sm90::entry::NAME. Launch: a persistent grid of at most one CTA per SM. GEMM1 takes the maps of
 // w1 (5-D) and x_perm, GEMM2 those of w2 and h.
 #define MOEFUSE_SM90_SWAPPED_ENTRY(NAME, GEOMETRY_TAG, GEOMETRY, OP, TAG, ELEM, EPI, OUT_TAG, OUT, \
-                                   W_INTS)                                                         \
+                                   W_INTS, GATE)                                                   \
   namespace sm90::entry {                                                                          \
   using NAME = sm90::swapped::Config<sm90::swapped::GEOMETRY, ELEM, sm90::Epilogue::EPI, OUT>;     \
   }                                                                                                \
@@ -326,20 +332,21 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
       NAME, "family=swapped geometry=" #GEOMETRY_TAG " op=" #OP " elem=" #TAG " out=" #OUT_TAG,    \
       (const __grid_constant__ TmaDesc w_desc, const __grid_constant__ TmaDesc tokens_desc,        \
        const ELEM* bias, const int* expert_counts, MOEFUSE_SM90_PLAN_PARAMS(OUT), Vec16* zero,     \
-       i64 zero_bytes, int busiest_guard),                                                         \
+       i64 zero_bytes, int busiest_guard MOEFUSE_GATE_PARAMS_##GATE),                              \
       MOEFUSE_SM90_SWAPPED_INTS(sm90::entry::NAME), W_INTS(sm90::entry::NAME)) {                   \
     sm90::swapped::grouped_gemm(sm90::swapped::Args<sm90::entry::NAME>{                            \
-        MOEFUSE_SM90_PLAN_ARGS, &w_desc, &tokens_desc, expert_counts, busiest_guard});             \
+        MOEFUSE_SM90_PLAN_ARGS, &w_desc, &tokens_desc, expert_counts, busiest_guard,               \
+        MOEFUSE_GATE_ARGS_##GATE});                                                                \
   }
 // PREFIX: sm90_swapped (Narrow) or sm90_swapped_wide (Wide); GEOMETRY_TAG: narrow or wide.
 #define MOEFUSE_SM90_SWAPPED_ENTRIES(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM)                    \
-  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm1_swiglu_##TAG, GEOMETRY_TAG, GEOMETRY, gemm1_swiglu,    \
-                             TAG, ELEM, SwiGLU, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM1_INTS)        \
+  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm1_gated_##TAG, GEOMETRY_TAG, GEOMETRY, gemm1_gated, TAG, \
+                             ELEM, Gated, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM1_INTS, gated)       \
   MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_store_##TAG, GEOMETRY_TAG, GEOMETRY, gemm2_store, TAG, \
-                             ELEM, Store, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM2_INTS)              \
+                             ELEM, Store, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)       \
   MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_##TAG, GEOMETRY_TAG, GEOMETRY,     \
                              gemm2_scatter, TAG, ELEM, ScatterAdd, TAG, ELEM,                      \
-                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS)                                      \
+                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)                               \
   MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_f32, GEOMETRY_TAG, GEOMETRY,       \
                              gemm2_scatter, TAG, ELEM, ScatterAdd, f32, float,                     \
-                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS)
+                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)

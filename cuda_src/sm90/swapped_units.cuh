@@ -14,7 +14,7 @@ namespace swapped {
 constexpr int MAX_EXPERTS = 512;  // local experts whose tables fit in shared memory
 
 // A unit of work: rows [first_row, first_row + rows) of expert `expert`'s segment against weight
-// block `block` (BW weight rows: BW / 2 SwiGLU outputs in GEMM1, BW outputs in GEMM2), over the K
+// block `block` (BW weight rows: BW / 2 gated outputs in GEMM1, BW outputs in GEMM2), over the K
 // blocks [k_begin, k_end) (all of K).
 struct Chunk {
   int expert, first_row, rows, block, k_begin, k_end;

@@ -1,0 +1,4 @@
+// The Hopper GEMM2s of weights stored [K, N] (transformers' is_transposed), read in place, bf16.
+#include "grouped_gemm.cuh"
+
+MOEFUSE_SM90_SHAPES(MOEFUSE_SM90_GEMM2S, bf16, Bf16, mn, true)

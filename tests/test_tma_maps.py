@@ -1,0 +1,87 @@
+"""The TMA maps of the expert weights in every layout (no GPU: the encoder is replaced by a
+recorder). The maps' strides are what reads each layout in place, so they are checked against
+the element offsets numpy computes for the same array."""
+
+from types import SimpleNamespace
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from moefuse import _tma
+from moefuse._validate import WeightLayout
+
+E, H, INTER = 3, 96, 40
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        _tma, "_encode", lambda ptr, dims, strides, box, bf16: calls.append((dims, strides, box))
+    )
+    return calls
+
+
+def fake_weights(shape):
+    array = np.empty(shape, dtype=ml_dtypes.bfloat16)
+    return SimpleNamespace(shape=shape, dtype=array.dtype, data=SimpleNamespace(ptr=0)), array
+
+
+class Spec(dict):
+    """A kernel's published numbers and tags, as weights_desc reads them."""
+
+    def __init__(self, op, w, box_rows=64):
+        super().__init__(b_box_rows=box_rows, tile_k=64)
+        self.tags = {"op": op, "w": w}
+
+
+def element(dims, strides, coords):
+    """The element offset of `coords` (innermost first) through a map's byte strides."""
+    byte_strides = (2, *strides)
+    return sum(c * s for c, s in zip(coords, byte_strides, strict=True)) // 2
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_k_major_gated_map_finds_gate_and_up_rows(encoded, interleaved):
+    w, array = fake_weights((E, 2 * INTER, H))
+    _tma.weights_desc(w, Spec("gemm1_gated", "k", 32), WeightLayout(interleaved=interleaved))
+    ((dims, strides, box),) = encoded
+    assert dims == (H, INTER, 2, E) and box == (64, 32, 1, 1)
+    for e, j, half, k in ((0, 0, 1, 5), (2, INTER - 1, 0, H - 1), (1, 7, 1, 0)):
+        row = 2 * j + half if interleaved else half * INTER + j
+        want = np.ravel_multi_index((e, row, k), array.shape)
+        assert element(dims, strides, (k, j, half, e)) == want
+
+
+def test_mn_major_maps(encoded):
+    w1, a1 = fake_weights((E, H, 2 * INTER))
+    _tma.weights_desc(w1, Spec("gemm1_gated", "mn"), WeightLayout(transposed=True))
+    _tma.weights_desc(w1, Spec("gemm1_gated_pairs", "mn"), WeightLayout(transposed=True, interleaved=True))
+    w2, a2 = fake_weights((E, INTER, H))
+    _tma.weights_desc(w2, Spec("gemm2_store", "mn"), WeightLayout(transposed=True))
+    (halves, pairs, down) = encoded
+    assert halves[0] == (INTER, H, 2, E) and halves[2] == (64, 64, 1, 1)
+    e, j, k = 2, 11, 30
+    for half in (0, 1):
+        want = np.ravel_multi_index((e, k, half * INTER + j), a1.shape)
+        assert element(halves[0], halves[1], (j, k, half, e)) == want
+    assert pairs[0] == (2 * INTER, H, E) and pairs[2] == (64, 64, 1)
+    assert element(pairs[0], pairs[1], (2 * j + 1, k, e)) == np.ravel_multi_index((e, k, 2 * j + 1), a1.shape)
+    assert down[0] == (H, INTER, E)
+    assert element(down[0], down[1], (k, j, e)) == np.ravel_multi_index((e, j, k), a2.shape)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_swapped_gate_up_groups(encoded, interleaved):
+    w, array = fake_weights((E, 2 * INTER, H))
+    _tma.gate_up_groups_desc(w, 4, 8, 64, interleaved)
+    ((dims, strides, box),) = encoded
+    assert dims == (H, 8, 2, INTER // 8, E) and box == (64, 8, 2, 4, 1)
+    e, group, r, k = 1, 3, 5, 17
+    for half in (0, 1):
+        j = 8 * group + r
+        row = 2 * j + half if interleaved else half * INTER + j
+        assert element(dims, strides, (k, r, half, group, e)) == np.ravel_multi_index(
+            (e, row, k), array.shape
+        )
