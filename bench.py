@@ -1,4 +1,4 @@
-"""Benchmark moefuse's MoE expert layer against the GPU's ceilings and two baselines.
+"""Benchmark moefuse's MoE expert layer against the GPU's ceilings and the baselines installed.
 
 Method (the shared DESIGN.md, section 7): FLOPs = 2*T*k*H*2I + 2*T*k*I*H; bytes = weights of the experts hit
 (3*H*I elements each) + x + out. The ceilings (a cuBLAS 8192^3 matmul through CuPy, a 1 GiB
@@ -9,6 +9,11 @@ events, L2 is flushed by a memset, and repetitions rotate over several input set
 moefuse is timed as CUDA-graph replays (CuPy refuses cuBLAS during capture, so baselines are not).
 bf16 conversions, SwiGLU and row gathers run on uint16 views through small ElementwiseKernels, so
 only cupy.matmul must know the bfloat16 dtype; if it does not, the CuPy baseline upcasts to fp32.
+Baselines besides CuPy's, each where installed (none is a dependency; an absent one is skipped
+with a note): torch._grouped_mm, transformers' "grouped_mm" experts, vLLM's and SGLang's
+fused_experts, FlashInfer's CUTLASS fused MoE (moefuse_bench/baselines.py). The GPU's clocks,
+power and temperature (NVML) are reported at the start and the end; stderr has a line per case;
+--plot FILE.png draws TFLOP/s and GB/s against T per shape and implementation (needs matplotlib).
 
 The measuring lives in the moefuse_bench package (timing, ceilings, baselines, report); this is
 its command line. Exit status: 0 measured, 1 CuPy or moefuse does not import, 2 usage error,
@@ -24,6 +29,7 @@ import shlex
 import sys
 
 from moefuse_bench.device import log, no_gpu_error, short
+from moefuse_bench.plot import missing as missing_plotter
 from moefuse_bench.shapes import NAMES_HELP, SHAPES, parse_shapes, parse_tokens
 
 EXIT_NO_GPU = 3  # no usable GPU: nothing to measure (argparse exits with 2 on a usage error)
@@ -46,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rest", type=float, default=0.5, help=rest_help)
     add("--no-baseline", action="store_true", help="skip baselines (CuPy still checks moefuse)")
     add("--json", metavar="FILE", help="also write all results to FILE")
+    add("--plot", metavar="FILE.png", help="also draw TFLOP/s and GB/s against T per shape (matplotlib)")
     add("--stages", action="store_true", help="also time each step of the forward (plan, GEMMs, ...)")
     add("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -56,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(str(e))
     if args.sets < 1 or args.reps < 1:
         p.error("--sets and --reps must be positive")
+    if args.plot and (why := missing_plotter()):
+        p.error(why)  # before anything is measured
     return args
 
 
@@ -86,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"meta": meta.to_json(), "results": rows}, f, indent=2, default=str)
         log(f"wrote {args.json}")
+    if args.plot:
+        from moefuse_bench.plot import plot
+
+        plot(meta, rows, args.plot)
+        log(f"wrote {args.plot}")
     return 0
 
 

@@ -1,12 +1,20 @@
-"""The two baselines moefuse is compared with: a CuPy per-expert loop and torch._grouped_mm.
+"""The baselines moefuse is compared with: a CuPy per-expert loop (also the correctness reference),
+and, where importable, what people would pick instead: torch._grouped_mm written out, transformers'
+"grouped_mm" experts, vLLM's and SGLang's fused_experts and FlashInfer's CUTLASS fused MoE.
 
-torch is imported inside `torch_baseline` alone, and only when it is asked for.
+All but the CuPy loop run in torch, on tensors over the benchmark's memory (DLPack) and on its
+stream. Each is a `Baseline` in BASELINES; one whose package is not installed is skipped with a
+note. torch and the others are imported inside the functions alone, when asked for, and none is a
+dependency of moefuse.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cupy as cp
@@ -14,6 +22,8 @@ import numpy as np
 
 from .dtypes import BF16, from_f32, swiglu, to_f32
 from .shapes import Shape
+
+Run = Callable[[int], Any]  # run(i): the [T, H] output of input set i
 
 
 def cupy_baseline(
@@ -49,16 +59,26 @@ def cupy_baseline(
     return run
 
 
-def torch_baseline(
+@dataclass(frozen=True)
+class TorchCase:
+    """One case's arrays as torch tensors over the same memory, and torch's handle on the
+    benchmark's stream."""
+
+    shape: Shape
+    sets: list[tuple[Any, Any, Any]]  # x [T, H], topk_weights [T, k] fp32, topk_ids [T, k] int32
+    w1: Any  # [E, 2I, H]: gate rows, then up rows
+    w2: Any  # [E, H, I]
+    stream: Any  # torch.cuda.ExternalStream
+
+
+def torch_case(
     shape: Shape, sets: Sequence[Sequence[cp.ndarray]], w1: cp.ndarray, w2: cp.ndarray, stream: cp.cuda.Stream
-) -> Callable[[int], Any]:
-    """run(i): torch._grouped_mm on input set i, over the same memory (DLPack), on our stream.
-    Raises if torch has no CUDA or no _grouped_mm."""
+) -> TorchCase:
+    """The case in torch (DLPack: nothing is copied). Raises where torch has no CUDA."""
     import torch
 
-    if not torch.cuda.is_available() or not hasattr(torch, "_grouped_mm"):
-        raise RuntimeError(f"torch {torch.__version__} has no CUDA or no torch._grouped_mm")
-    silu = torch.nn.functional.silu
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"torch {torch.__version__} has no CUDA")
 
     def tt(a: cp.ndarray) -> Any:
         if a.dtype == BF16:  # should CuPy's DLPack export refuse bf16, go through uint16
@@ -68,25 +88,139 @@ def torch_baseline(
         return torch.from_dlpack(a)
 
     stream.synchronize()
-    k, n_i = shape.k, shape.I
+    tsets = [(tt(x), tt(w), tt(ids)) for x, w, ids in sets]
+    return TorchCase(shape, tsets, tt(w1), tt(w2), torch.cuda.ExternalStream(stream.ptr))
+
+
+def grouped_mm(c: TorchCase) -> Run:
+    """torch._grouped_mm for both GEMMs, SwiGLU, an index_add_ finalize."""
+    import torch
+
+    if not hasattr(torch, "_grouped_mm"):
+        raise RuntimeError(f"torch {torch.__version__} has no torch._grouped_mm")
+    silu, k, n_i = torch.nn.functional.silu, c.shape.k, c.shape.I
     # _grouped_mm(mat_a [M, K], mat_b [E, K, N], offs=int32 group ends [E]) -> [M, N]. It takes
     # a column-major mat_b as is: w1 [E, 2I, H] -> [E, H, 2I] and w2 [E, H, I] -> [E, I, H].
-    b1, b2 = tt(w1).transpose(1, 2), tt(w2).transpose(1, 2)
-    experts = torch.arange(shape.E, dtype=torch.int32, device=b1.device)
-    tsets = [(tt(x), tt(w).reshape(-1), tt(ids).reshape(-1)) for x, w, ids in sets]
-    tstream = torch.cuda.ExternalStream(stream.ptr)
+    b1, b2 = c.w1.transpose(1, 2), c.w2.transpose(1, 2)
+    experts = torch.arange(c.shape.E, dtype=torch.int32, device=b1.device)
+    flat = [(x, w.reshape(-1), ids.reshape(-1)) for x, w, ids in c.sets]
 
     def run(i: int) -> Any:
-        x, w, ids = tsets[i]
-        with torch.cuda.stream(tstream):
-            sorted_ids, order = torch.sort(ids, stable=True)
-            offs = torch.searchsorted(sorted_ids, experts, right=True, out_int32=True)
-            token = order // k
-            h = torch._grouped_mm(x.index_select(0, token), b1, offs=offs)
-            a = (silu(h[:, :n_i].float()) * h[:, n_i:].float()).to(x.dtype)
-            y = torch._grouped_mm(a, b2, offs=offs)
-            out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            out.index_add_(0, token, y.float() * w[order].unsqueeze(1))
-            return out.to(x.dtype)
+        x, w, ids = flat[i]
+        sorted_ids, order = torch.sort(ids, stable=True)
+        offs = torch.searchsorted(sorted_ids, experts, right=True, out_int32=True)
+        token = order // k
+        h = torch._grouped_mm(x.index_select(0, token), b1, offs=offs)
+        a = (silu(h[:, :n_i].float()) * h[:, n_i:].float()).to(x.dtype)
+        y = torch._grouped_mm(a, b2, offs=offs)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        out.index_add_(0, token, y.float() * w[order].unsqueeze(1))
+        return out.to(x.dtype)
 
     return run
+
+
+def transformers_grouped_mm(c: TorchCase) -> Run:
+    """transformers' "grouped_mm" experts implementation (what `experts_implementation=
+    "grouped_mm"` dispatches to) on a Mixtral experts module holding the benchmark's weights, with
+    int64 ids as transformers' routers give them."""
+    import torch
+    from transformers import MixtralConfig
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+
+    s = c.shape
+    dims = dict(hidden_size=s.H, intermediate_size=s.I, num_local_experts=s.E, num_experts_per_tok=s.k)
+    config = MixtralConfig(**dims)
+    with torch.device("meta"):  # no memory: the parameters are replaced by the benchmark's weights
+        experts = MixtralExperts(config)
+    experts.gate_up_proj = torch.nn.Parameter(c.w1, requires_grad=False)
+    experts.down_proj = torch.nn.Parameter(c.w2, requires_grad=False)
+    forward = ALL_EXPERTS_FUNCTIONS["grouped_mm"]
+    sets = [(x, ids.long(), w) for x, w, ids in c.sets]
+    return lambda i: forward(experts, *sets[i])
+
+
+def vllm_fused_experts(c: TorchCase) -> Run:
+    """vLLM's Triton fused_experts (w1 [E, 2I, H] gate then up, SiLU: moefuse's layout)."""
+    from vllm.model_executor.layers.fused_moe import fused_experts
+
+    return lambda i: fused_experts(c.sets[i][0], c.w1, c.w2, c.sets[i][1], c.sets[i][2])
+
+
+def sglang_fused_experts(c: TorchCase) -> Run:
+    """SGLang's Triton fused_experts, out of place (in place it would overwrite x)."""
+    from sglang.srt.layers.moe.fused_moe_triton import fused_experts
+
+    if "topk_output" not in inspect.signature(fused_experts).parameters:  # before SGLang 0.5
+        return lambda i: fused_experts(c.sets[i][0], c.w1, c.w2, c.sets[i][1], c.sets[i][2], inplace=False)
+    from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    config = MoeRunnerConfig(inplace=False)
+    routes = [StandardTopKOutput(w, ids, None) for _, w, ids in c.sets]
+    return lambda i: fused_experts(c.sets[i][0], c.w1, c.w2, routes[i], config)
+
+
+def flashinfer_cutlass(c: TorchCase) -> Run:
+    """FlashInfer's CUTLASS fused MoE (TensorRT-LLM's). Its fc1 holds up rows, then gate rows:
+    the benchmark's w1 is copied once into that order (outside the timing)."""
+    import torch
+    from flashinfer.fused_moe import cutlass_fused_moe
+
+    n_i = c.shape.I
+    fc1 = torch.cat([c.w1[:, n_i:], c.w1[:, :n_i]], dim=1)
+
+    def run(i: int) -> Any:
+        x, w, ids = c.sets[i]
+        out = cutlass_fused_moe(x, ids, w, fc1, c.w2, x.dtype, quant_scales=None)
+        return out[0] if isinstance(out, (list, tuple)) else out  # a list in newer versions
+
+    return run
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str  # the report's column, and the rows' keys f"{name}_ms" and f"err_{name}"
+    package: str  # the import it needs (all need torch too)
+    what: str
+    build: Callable[[TorchCase], Run]
+    grouped_mm: bool = False  # runs torch._grouped_mm (which has a slow per-group fallback)
+
+
+BASELINES = (
+    Baseline("torch", "torch", "torch._grouped_mm, SwiGLU and an index_add_ finalize", grouped_mm, True),
+    Baseline("hf", "transformers", 'transformers\' "grouped_mm" experts', transformers_grouped_mm, True),
+    Baseline("vllm", "vllm", "vLLM fused_experts (Triton)", vllm_fused_experts),
+    Baseline("sglang", "sglang", "SGLang fused_experts (Triton)", sglang_fused_experts),
+    Baseline("flashinfer", "flashinfer", "FlashInfer cutlass_fused_moe", flashinfer_cutlass),
+)
+
+
+def installed() -> tuple[list[Baseline], list[str]]:
+    """(the baselines whose packages are installed, a note for each skipped one). Looks for the
+    packages without importing them."""
+    if importlib.util.find_spec("torch") is None:
+        return [], ["torch is not installed: every baseline but CuPy's is skipped"]
+    found, notes = [], []
+    for b in BASELINES:
+        if importlib.util.find_spec(b.package) is None:
+            notes.append(f"{b.name} ({b.what}) skipped: {b.package} is not installed")
+        else:
+            found.append(b)
+    return found, notes
+
+
+def prepare(b: Baseline, c: TorchCase) -> Run:
+    """b's run(i), built (its one-time copies and conversions) and run on the benchmark's stream,
+    without autograd."""
+    import torch
+
+    with torch.cuda.stream(c.stream), torch.no_grad():
+        run = b.build(c)
+
+    def on_stream(i: int) -> Any:
+        with torch.cuda.stream(c.stream), torch.no_grad():
+            return run(i)
+
+    return on_stream

@@ -1,4 +1,5 @@
-"""The GPU a measurement runs on: whether there is one, what it is; memory pools; messages.
+"""The GPU a measurement runs on: whether there is one, what it is, its clocks, power and
+temperature; memory pools; messages.
 
 CuPy is imported inside the functions: bench.py parses its command line, and says why there is no
 GPU, before anything touches CUDA.
@@ -10,6 +11,10 @@ import contextlib
 import sys
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moefuse.info import Telemetry
 
 GiB = 1 << 30
 
@@ -58,23 +63,20 @@ class GpuInfo:
 
 
 def gpu_info(moefuse: ModuleType) -> GpuInfo:
-    """The current device; its name from NVML where available (the marketing name, e.g. H100 SXM)."""
+    """The current device; its name from NVML where available (the full name, e.g. NVIDIA H100
+    80GB HBM3)."""
     import cupy as cp
+
+    from moefuse.info import NvmlUnavailable, nvml_name
 
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = None
-    with contextlib.suppress(Exception):
-        import pynvml
-
-        pynvml.nvmlInit()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByPciBusId(dev.pci_bus_id))
-    if not name:
-        with contextlib.suppress(Exception):
-            name = moefuse.gpu_name()
-    name = name or props["name"]
+    try:
+        name = nvml_name(dev.pci_bus_id)
+    except NvmlUnavailable:
+        name = moefuse.gpu_name()
     return GpuInfo(
-        name=name.decode() if isinstance(name, bytes) else str(name),
+        name=name,
         cc=f"{props['major']}.{props['minor']}",
         mem_gib=round(props["totalGlobalMem"] / GiB, 1),
         l2_bytes=l2_bytes(),
@@ -82,6 +84,18 @@ def gpu_info(moefuse: ModuleType) -> GpuInfo:
         cupy=cp.__version__,
         backend=moefuse.backends.for_device(dev.id).name,
     )
+
+
+def gpu_state() -> Telemetry | str:
+    """The current device's clocks, power and temperature (NVML), or why NVML cannot say."""
+    import cupy as cp
+
+    from moefuse.info import NvmlUnavailable, telemetry
+
+    try:
+        return telemetry(cp.cuda.Device().pci_bus_id)
+    except NvmlUnavailable as e:
+        return f"clocks and power n/a ({e})"
 
 
 def free_pools() -> None:

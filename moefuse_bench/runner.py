@@ -1,6 +1,7 @@
 """bench.py's run: the ceilings, then per shape one layer over random weights and per token count
-a case, checked against the CuPy baseline (and torch's), then timed. Results are rows of plain
-dicts, the JSON file's "results"."""
+a case, checked against the CuPy baseline (and every other installed one), then timed. Results are
+rows of plain dicts, the JSON file's "results"; the GPU's clocks, power and temperature are read at
+the start and the end."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from typing import Any
 
 import cupy as cp
 
+from . import baselines as bl
 from . import ceilings as ceil
-from .baselines import cupy_baseline, torch_baseline
-from .device import GiB, GpuInfo, free_pools, gpu_info, log, short
+from .device import GiB, GpuInfo, free_pools, gpu_info, gpu_state, log, short
 from .dtypes import BF16, rel_err
 from .problems import DTYPES, Case, make_case, random_weights
 from .report import Meta, fmt
@@ -51,6 +52,7 @@ class Session:
     ceilings: ceil.Ceilings
     bf16_mm: bool  # cupy.matmul takes bf16 (else the CuPy baseline upcasts)
     flush: L2Flush
+    baselines: list[bl.Baseline]  # the installed torch-based ones (none with --no-baseline)
 
 
 @dataclass(frozen=True)
@@ -70,46 +72,54 @@ def case_mem_estimate(shape: Shape, T: int, sets: int, elem: int) -> int:
 
 
 def check_case(
-    case: Case, sl: ShapeLayer, session: Session, options: Options, row: dict[str, Any]
-) -> tuple[Callable | None, Callable | None]:
-    """Correctness, once per case (also the first, compiling, calls). Returns the baselines
-    that work (None for one that failed or was not asked for)."""
+    case: Case, sl: ShapeLayer, session: Session, row: dict[str, Any]
+) -> dict[str, Callable[[int], object]]:
+    """Correctness, once per case (also the first, compiling, calls). Returns run(i) of every
+    baseline that works, by name (CuPy's first)."""
     x, w, ids = case.sets[0]
     fused = sl.layer(x, w, ids, fused_finalize=True)
     row["err_unfused_vs_fused"] = rel_err(sl.layer(x, w, ids, fused_finalize=False), fused)
-    cupy_run = cupy_baseline(sl.w1, sl.w2, case.shape.k, session.bf16_mm)
+    runs: dict[str, Callable[[int], object]] = {}
+    cupy_run = bl.cupy_baseline(sl.w1, sl.w2, case.shape.k, session.bf16_mm)
     try:
         row["err"] = rel_err(fused, cupy_run(x, w, ids))
+        runs["cupy"] = lambda i: cupy_run(*case.sets[i])
     except Exception as e:
-        cupy_run = None
         row["notes"].append(f"cupy baseline failed: {short(e)}")
     if case.dtype == BF16 and not session.bf16_mm:
         row["notes"].append("cupy baseline upcasts to fp32 (CuPy refused bf16 matmul)")
-    torch_run = None
-    if not options.no_baseline:
+    if session.baselines:
         try:
-            torch_run = torch_baseline(case.shape, case.sets, sl.w1, sl.w2, session.stream)
-            # The baseline runs on our non-blocking stream; its result is read after it finishes
-            # (converting it on torch's default stream raced with it: errors of 1.0 or NaN).
-            torch_out = torch_run(0)
-            session.stream.synchronize()
-            row["err_torch"] = rel_err(cp.from_dlpack(torch_out.float()), fused)
+            tcase = bl.torch_case(case.shape, case.sets, sl.w1, sl.w2, session.stream)
         except Exception as e:
-            torch_run = None
-            row["notes"].append(f"torch n/a ({short(e)})")
-        if torch_run and (case.dtype != BF16 or session.gpu.cc.split(".")[0] not in ("9", "10")):
+            row["notes"].append(f"torch baselines n/a ({short(e)})")
+            tcase = None
+        for b in session.baselines if tcase else ():
+            try:
+                run = bl.prepare(b, tcase)
+                out = run(0)
+                # The baseline runs on our non-blocking stream; its result is read after it
+                # finishes (converting it on torch's default stream raced with it: errors of 1.0).
+                session.stream.synchronize()
+                row[f"err_{b.name}"] = rel_err(cp.from_dlpack(out.float()), fused)
+                runs[b.name] = run
+            except Exception as e:
+                row["notes"].append(f"{b.name} n/a ({short(e)})")
+        slow_grouped_mm = case.dtype != BF16 or session.gpu.cc.split(".")[0] not in ("9", "10")
+        if slow_grouped_mm and any(b.grouped_mm and b.name in runs for b in session.baselines):
             row["notes"].append("torch._grouped_mm likely runs its per-group fallback here")
-    for key, what in (("err", "moefuse vs cupy baseline"), ("err_torch", "torch vs moefuse")):
+    for key in ("err", *(f"err_{name}" for name in runs if name != "cupy")):
+        what = "moefuse vs cupy baseline" if key == "err" else f"{key[4:]} vs moefuse"
         if not row.get(key, 0.0) <= WARN_REL_ERR:  # NaN fails too
             log(f"  WARNING: {what}: relative error {row[key]:.3g} > {WARN_REL_ERR}")
-    return cupy_run, torch_run
+    return runs
 
 
 def run_case(case: Case, sl: ShapeLayer, session: Session, options: Options) -> dict[str, Any]:
     """One case's row: the checks, moefuse fused and unfused, the baselines, the floor, and with
     --stages the per-step times."""
     row: dict[str, Any] = {"case": case.name, "T": case.T, "notes": []}
-    cupy_run, torch_run = check_case(case, sl, session, options, row)
+    runs = check_case(case, sl, session, row)
     stream, timing = session.stream, options.timing
 
     def median(run: Callable[[int], object]) -> float:
@@ -121,20 +131,15 @@ def run_case(case: Case, sl: ShapeLayer, session: Session, options: Options) -> 
         run, mode = forward_runner(sl.layer, case.sets, stream, graph=graph, out=out, fused=fused)
         row[key] = median(run)
         row.setdefault("mode", mode)
-    if not options.no_baseline:
-        timed = [
-            ("cupy_ms", cupy_run and (lambda i: cupy_run(*case.sets[i]))),
-            ("torch_ms", torch_run),
-        ]
-        for key, run in timed:
-            try:
-                row[key] = median(run) if run else None
-            except Exception as e:
-                row[key] = None
-                row["notes"].append(f"{key[:-3]} timing failed: {short(e)}")
+    for name, run in runs.items() if not options.no_baseline else ():
+        try:
+            row[f"{name}_ms"] = median(run)
+        except Exception as e:
+            row[f"{name}_ms"] = None
+            row["notes"].append(f"{name} timing failed: {short(e)}")
     t = row["fused_ms"] * 1e-3
     floor_s = session.ceilings.floor_seconds(case.flops, case.bytes)
-    baselines = [row[k] for k in ("cupy_ms", "torch_ms") if row.get(k)]
+    timed = [row[f"{name}_ms"] for name in runs if row.get(f"{name}_ms")]
     row.update(
         distinct_experts=case.distinct,
         flops=case.flops,
@@ -144,7 +149,7 @@ def run_case(case: Case, sl: ShapeLayer, session: Session, options: Options) -> 
         floor_ms=floor_s * 1e3,
         pct_floor=100.0 * floor_s / t,
         fused_over_unfused=row["fused_ms"] / row["unfused_ms"],
-        speedup=min(baselines) / row["fused_ms"] if baselines else None,
+        speedup=min(timed) / row["fused_ms"] if timed else None,
     )
     if options.stages:
         steps = {}
@@ -156,8 +161,17 @@ def run_case(case: Case, sl: ShapeLayer, session: Session, options: Options) -> 
     return row
 
 
+def progress(row: dict[str, Any], names: list[str]) -> str:
+    """A measured case in one line: moefuse's time and share of the floor, each baseline's time."""
+    times = "".join(f", {name} {row[f'{name}_ms']:.4f} ms" for name in names if row.get(f"{name}_ms"))
+    return (
+        f"moefuse {row['fused_ms']:.4f} ms ({row['mode']}, {row['pct_floor']:.1f}% of floor){times}; "
+        f"rel err vs cupy {fmt(row.get('err'), '.1e')}"
+    )
+
+
 def run_shape(
-    shape: Shape, moefuse: ModuleType, session: Session, options: Options, progress: Iterator[str]
+    shape: Shape, moefuse: ModuleType, session: Session, options: Options, counter: Iterator[str]
 ) -> list[dict[str, Any]]:
     """One layer per shape: weights allocated here and freed before the next shape."""
     dtype, rows = DTYPES[options.dtype], []
@@ -166,7 +180,7 @@ def run_shape(
 
     def skip(T: int, skew: bool, why: str) -> None:
         name = shape.name + ("+skew" if skew else "")
-        log(f"[{next(progress)}] {name} T={T}: skipped ({why})")
+        log(f"[{next(counter)}] {name} T={T}: skipped ({why})")
         rows.append({"case": name, "T": T, "skipped": why})
 
     free_pools()
@@ -190,16 +204,13 @@ def run_shape(
         if need > cp.cuda.runtime.memGetInfo()[0]:
             skip(T, skew, f"needs ~{need / GiB:.1f} GiB free device memory")
             continue
-        log(f"[{next(progress)}] {name} T={T} ...")
+        where = f"[{next(counter)}] {name} T={T}"
         try:
             case = make_case(shape, T, dtype=dtype, n_sets=options.sets, skew=skew, seed=options.seed)
             row = run_case(case, sl, session, options)
-            log(
-                f"  fused {row['fused_ms']:.4f} ms ({row['mode']}), {row['pct_floor']:.1f}% of "
-                f"floor, rel err vs cupy {fmt(row.get('err'), '.1e')}"
-            )
+            log(f"{where}: {progress(row, ['cupy', *(b.name for b in session.baselines)])}")
         except Exception as e:
-            log(f"  failed: {short(e, 300)}")
+            log(f"{where}: failed: {short(e, 300)}")
             row = {"case": name, "T": T, "failed": short(e)}
         rows.append(row)
     del sl, w1, w2
@@ -211,19 +222,28 @@ def run(options: Options, moefuse: ModuleType, command: str) -> tuple[Meta, list
     """The whole benchmark, on one non-blocking stream: (meta, rows)."""
     cp.random.seed(options.seed)
     stream = cp.cuda.Stream(non_blocking=True)
+    found, skipped = ([], []) if options.no_baseline else bl.installed()
+    for note in skipped:
+        log(f"baseline {note}")
     with stream:  # everything, CuPy, moefuse and torch, runs on this one stream
-        gpu = gpu_info(moefuse)
-        log(f"GPU: {gpu.name}; measuring ceilings ...")
+        gpu, gpu_start = gpu_info(moefuse), gpu_state()
+        log(f"GPU: {gpu.name}; {gpu_start}; measuring ceilings ...")
         bf16_mm = ceil.probe_bf16_matmul()
         ceilings = ceil.measure(stream, options.timing.rest, bf16_mm)
         free_pools()
-        session = Session(stream, gpu, ceilings, bf16_mm, L2Flush(stream))
+        session = Session(stream, gpu, ceilings, bf16_mm, L2Flush(stream), found)
         total = len(options.shapes) * sum(1 + (options.skew and T >= 2) for T in options.tokens)
-        progress = (f"{i}/{total}" for i in itertools.count(1))
-        rows = [row for s in options.shapes for row in run_shape(s, moefuse, session, options, progress)]
+        counter = (f"{i}/{total}" for i in itertools.count(1))
+        rows = [row for s in options.shapes for row in run_shape(s, moefuse, session, options, counter)]
+        gpu_end = gpu_state()  # right after the last case: the clocks and heat under load
+        log(f"GPU at the end: {gpu_end}")
         flush_mib = session.flush.nbytes >> 20
         del session
     t = options.timing
+    timed = {} if options.no_baseline else {"cupy": "per-expert cuBLAS loop through CuPy"}
+    for b in found:
+        version = getattr(sys.modules.get(b.package), "__version__", "not importable")
+        timed[b.name] = f"{b.what} ({b.package} {version})"
     meta = Meta(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         command=command,
@@ -235,5 +255,9 @@ def run(options: Options, moefuse: ModuleType, command: str) -> tuple[Meta, list
         f"{options.sets} rotating input sets; L2 flushed by a {flush_mib} MiB memset before each "
         f"rep (outside the events); moefuse as CUDA-graph replays for T <= {options.graph_max_tokens}; "
         f"{t.rest:g} s idle before each measurement",
+        baselines=timed,
+        skipped_baselines=skipped,
+        gpu_start=gpu_start,
+        gpu_end=gpu_end,
     )
     return meta, rows

@@ -18,6 +18,7 @@ python3 -m pip install -q --no-deps --no-build-isolation . >"$OUT/install.log" 2
   exit 1
 }
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+python3 -m moefuse.info >"$OUT/info.txt" 2>&1
 
 step "cold / warm start"
 (cd /tmp && python3 "$OLDPWD/tools/cold_start.py" --profile) >"$OUT/cold_start_profile.txt" 2>&1
@@ -49,6 +50,7 @@ bench_rc=$?
 
 echo
 echo "GPU: $gpu    date: $(date -u +%F)"
+grep -E "^(moefuse |driver|GPU|  NVML)" "$OUT/info.txt"
 echo "tests (rc=$tests_rc): $(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
 cat "$OUT/sanitizer.txt" "$OUT/cold_start.txt" "$OUT/fresh_env.txt"
