@@ -120,3 +120,28 @@ def test_transposed_weights_are_read_in_place_on_hopper(rng, backend):
     grown = pool.total_bytes() - before
     assert grown <= out.nbytes + (1 << 20) < min(w1.nbytes, w2.nbytes), grown
     assert not layer._copies
+
+
+def test_portable_kernels_copy_transposed_weights_once_and_not_under_capture(rng, backend):
+    """The sm80 kernels read a copy of transposed weights, made on the layer's first call (and
+    kept); a first call under graph capture refuses to make it, naming the fix."""
+    import cupy
+
+    if backend != "sm80":
+        pytest.skip("the copy is the portable kernels'")
+    p = problem(rng, "bf16", 64, gated=True, bias=False)
+    w1, w2, _ = stored(p["w1"], p["w2"], None, True, transposed=True, interleaved=False)
+    inputs = [cupy.asarray(p[k]) for k in ("x", "topk_weights", "topk_ids")]
+    layer = moefuse.MoELayer(cupy.asarray(w1), cupy.asarray(w2), transposed=True)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            with pytest.raises(ValueError, match=r"w1 is transposed.*Run one call before capturing"):
+                layer(*inputs)
+        finally:
+            stream.end_capture()
+    layer(*inputs)
+    (copies,) = layer._copies.values()
+    layer(*inputs)
+    assert layer._copies["sm80"] is copies
