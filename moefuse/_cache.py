@@ -467,9 +467,10 @@ def catalog(arch: str, tags: Mapping[str, object] | None = None) -> tuple[_spec.
     """Every kernel of the modules for `arch` that a query with `tags` reads (default: those every
     call may need); the ones not yet read are compiled first, in parallel, where missing."""
     modules = _sources.modules_needed(arch, tags or {})
-    unread = [m for m in modules if (m, _sources.source_file(m), arch) not in _specs]
-    if len(unread) > 1:
-        compile_missing(arch, unread)
+    with _lock:  # one thread compiles; module_specs takes the lock after
+        unread = [m for m in modules if (m, _sources.source_file(m), arch) not in _specs]
+        if unread:
+            compile_missing(arch, unread)
     return tuple(spec for module in modules for spec in module_specs(module, arch).values())
 
 

@@ -27,7 +27,7 @@ MODULES: dict[str, str] = {
     "sm90_grouped_gemm_mn_gemm2_f16": "sm90/grouped_gemm_mn_gemm2_f16.cu",
 }
 # Modules only some models need: compiled when a kernel query first names all of their tags, so a
-# cold start compiles what the call uses (docs/DESIGN.md D27). Every kernel in one carries them.
+# cold start compiles what the call uses (docs/DESIGN.md D28). Every kernel in one carries them.
 VARIANT_TAGS: dict[str, dict[str, str]] = {
     "sm90_grouped_gemm_relu2": {"op": "gemm1_relu2", "w": "k"},
     "sm90_grouped_gemm_mn_gemm1_bf16": {"w": "mn", "elem": "bf16"},

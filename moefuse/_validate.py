@@ -33,9 +33,14 @@ def _require_shape(array, shape: tuple[int, ...], name: str, layout: str) -> Non
         raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(array.shape)}")
 
 
+def _require_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
 def check_top_k(k, num_experts: int, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    _require_int(k, name)
     if not 1 <= k <= num_experts:
         raise ValueError(f"{name} must be in [1, num_experts={num_experts}], got {k}")
     return int(k)
@@ -59,12 +64,6 @@ def check_router_logits(router_logits, k) -> tuple[int, int]:
 def check_route_method(method) -> None:
     if not isinstance(method, str) or method not in ROUTE_METHODS:
         raise ValueError(f"method must be one of {ROUTE_METHODS}, got {method!r}")
-
-
-def _require_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 def check_router(
@@ -132,8 +131,7 @@ def check_topk_ids(topk_ids) -> tuple[int, int]:
 def check_expert_range(num_experts, first_expert, num_local_experts) -> int:
     """Validate the layer's expert range; returns num_local_experts (default: the rest)."""
     for value, name in ((num_experts, "num_experts"), (first_expert, "first_expert")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        _require_int(value, name)
     if num_experts < 1:
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     if not 0 <= first_expert < num_experts:
@@ -170,6 +168,13 @@ class WeightLayout:
                 raise TypeError(f"{name} must be a bool, got {value!r}")
         if self.interleaved and not self.gated:
             raise ValueError("interleaved=True needs a gated activation: relu2's w1 has no gate rows")
+
+    @classmethod
+    def of(cls, activation, transposed: bool, interleaved: bool) -> WeightLayout:
+        """The layout of weights for `activation` (a name or Activation): gated but for relu2."""
+        from .activation import as_activation
+
+        return cls(as_activation(activation).gated, transposed, interleaved)
 
     def w1_layout(self) -> str:
         rows = "2I" if self.gated else "I"

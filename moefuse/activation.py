@@ -12,6 +12,7 @@ The not-gated `relu2` is relu(up)^2 with w1 holding only the I up rows.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ GELU_TANH_ALPHA = 2.0 * math.sqrt(2.0 / math.pi)  # gelu_tanh(g) = g * sigmoid(2
 GELU_TANH_CUBIC = 0.044715
 GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0  # gpt-oss's defaults (its config may say otherwise)
 
-# kind -> (alpha, cubic, beta, default limit); None: not gated.
+# gated kind -> (alpha, cubic, beta, default limit); relu2, not gated, has none.
 _GATED = {
     "swiglu": (1.0, 0.0, 0.0, math.inf),
     "gpt_oss": (GPT_OSS_ALPHA, 0.0, 1.0, GPT_OSS_LIMIT),
@@ -50,7 +51,7 @@ class Activation:
         if self.alpha is not None and self.kind != "gpt_oss":
             raise ValueError(f"activation alpha is gpt_oss's parameter; {self.kind} takes none")
         for value, name in ((self.limit, "limit"), (self.alpha, "alpha")):
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
             if value is not None and not (number and math.isfinite(value) and value > 0):
                 raise ValueError(f"activation {name} must be a finite number > 0, got {value!r}")
 

@@ -91,12 +91,12 @@ def router(method: str, logits_dtype) -> KernelSpec:
     return kernel(op="route", method=method, logits=dtype_tag(logits_dtype))
 
 
-def route(spec: KernelSpec, logits, k: int, weights, ids, **options) -> None:
+def route(spec: KernelSpec, logits, k: int, weights, ids, renormalize: bool, **options) -> None:
     """Launch router `spec` over `logits [T, E]` into `weights`, `ids [T, k]`; `options`: the
-    kernel's renormalize, correction_bias, n_group, topk_group and scaling_factor."""
+    kernel's correction_bias, n_group, topk_group and scaling_factor."""
     (num_tokens, num_experts) = logits.shape
     args = dict(options, logits=logits, num_tokens=num_tokens, num_experts=num_experts, k=k)
-    args.update(renormalize=int(options["renormalize"]), topk_weights=weights, topk_ids=ids)
+    args.update(renormalize=int(renormalize), topk_weights=weights, topk_ids=ids)
     launch(spec, (cdiv(num_tokens, spec["tokens_per_block"]),), args)
 
 

@@ -165,7 +165,7 @@ class MoELayer:
         num_experts: int | None = None,
     ) -> None:
         self.activation = as_activation(activation)
-        layout = WeightLayout(self.activation.gated, transposed, interleaved)
+        layout = WeightLayout.of(self.activation, transposed, interleaved)
         w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
         self.dims = _validate.check_expert_weights(w1, w2, b1, b2, layout=layout)
@@ -178,7 +178,7 @@ class MoELayer:
             self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
         self._weight_spans = byte_spans((("w1", self.w1), ("w2", self.w2), ("b1", self.b1), ("b2", self.b2)))
         self._gate = gate_args(layout, self.activation, self.dims.intermediate)
-        self._copies: dict[str, tuple] = {}  # per backend that reads a copy of the weights
+        self._read_weights: dict[str, tuple] = {}  # per backend: (w1, w2, layout) as it reads them
         self.first_expert = first_expert
         self.num_experts = first_expert + self.dims.num_local_experts if num_experts is None else num_experts
         _validate.check_expert_range(self.num_experts, first_expert, self.dims.num_local_experts)
@@ -192,12 +192,16 @@ class MoELayer:
         return cupy.cuda.Device(self.device_id)
 
     def _weights_for(self, backend, capturing: bool) -> tuple:
-        """(w1, w2) as `backend` reads them: the layer's own, or a copy in the layout it reads,
-        made on its first call (portable kernels and transposed weights: double the memory)."""
-        if backend.reads(self.dims.layout) == self.dims.layout:
-            return self.w1, self.w2
-        copies = self._copies.get(backend.name)
-        if copies is None:
+        """(w1, w2, their layout) as `backend` reads them: the layer's own, or a copy in the
+        layout it reads, made on its first call (portable kernels and transposed weights: double
+        the memory). Kept per backend: a call looks it up once."""
+        found = self._read_weights.get(backend.name)
+        if found is not None:
+            return found
+        layout = backend.reads(self.dims.layout)
+        if layout == self.dims.layout:
+            found = self.w1, self.w2, layout
+        else:
             import cupy
 
             if capturing:
@@ -206,10 +210,10 @@ class MoELayer:
                     f"is transposed and the {backend.name} kernels read a copy",
                     "Run one call before capturing",
                 )
-            copies = self._copies[backend.name] = tuple(
-                cupy.ascontiguousarray(w.transpose(0, 2, 1)) for w in (self.w1, self.w2)
-            )
-        return copies
+            w1, w2 = (cupy.ascontiguousarray(w.transpose(0, 2, 1)) for w in (self.w1, self.w2))
+            found = w1, w2, layout
+        self._read_weights[backend.name] = found
+        return found
 
     def workspace_bytes(
         self, num_tokens: int, top_k: int, *, fused_finalize: bool | None = None, out_dtype=None
@@ -345,8 +349,7 @@ class MoELayer:
         if capturing and workspace is None:
             self._workspace.hold_for_capture()
         config, arrays, routing = carved.config, carved.arrays, carved.routing
-        w1, w2 = self._weights_for(backend, capturing)
-        layout = backend.reads(self.dims.layout)
+        w1, w2, layout = self._weights_for(backend, capturing)
         weights = arrays["topk_weights"] if convert_weights else topk_weights
         h, x_perm, y = arrays["h"], arrays.get("x_perm"), arrays.get("y")
         # The fused path adds into `out`, which must start at zero: GEMM1 clears it where the

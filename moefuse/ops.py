@@ -18,7 +18,7 @@ from ._arrays import (
 from ._device import require_gpu
 from ._interop import like_input
 from ._validate import WeightLayout
-from .activation import Activation, as_activation
+from .activation import Activation
 from .layer import MoELayer
 from .layer import workspace_bytes as layer_workspace_bytes
 from .plan import PLAN_ARRAYS, RoutingPlan, launch_plan, plan_from_arrays, plan_specs
@@ -202,7 +202,7 @@ def workspace_bytes(
     be at least this); the weights' activation and layout as for `fused_moe`.
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
     force (`moefuse.override`)."""
-    layout = WeightLayout(as_activation(activation).gated, transposed, interleaved)
+    layout = WeightLayout.of(activation, transposed, interleaved)
     dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"), layout=layout)
     return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 
@@ -238,7 +238,7 @@ def fused_moe(
     x = as_device_array(x, "x")
     w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
     b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
-    layout = WeightLayout(as_activation(activation).gated, transposed, interleaved)
+    layout = WeightLayout.of(activation, transposed, interleaved)
     _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout)  # a weight unlike x is named
     if workspace is None and _capture.capturing():
         raise ValueError(

@@ -122,6 +122,30 @@ def randn(shape: tuple[int, ...], scale: float, dtype: np.dtype) -> cp.ndarray:
     return fill_randn(cp.empty(shape, dtype=dtype), scale)
 
 
+# The weight layouts real models store (moefuse.MoELayer's transposed= and interleaved=).
+LAYOUTS = {
+    "standard": dict(transposed=False, interleaved=False),
+    "interleaved": dict(transposed=False, interleaved=True),
+    "transposed": dict(transposed=True, interleaved=False),
+    "gpt_oss": dict(transposed=True, interleaved=True),
+}
+
+
+def stored_as(w1, w2, b1=None, *, transposed: bool, interleaved: bool) -> tuple:
+    """(w1, w2, b1) in the standard layout (w1 [E, 2I, H] gate rows then up rows, w2 [E, H, I],
+    b1 [E, 2I]; numpy or CuPy) as a layout stores them: the gate/up order, then the major order."""
+
+    def interleave(a):  # [E, 2I, ...]: gate j and up j to 2j and 2j + 1
+        half = a.shape[1] // 2
+        return np.stack([a[:, :half], a[:, half:]], axis=2).reshape(a.shape)
+
+    if interleaved:
+        w1, b1 = interleave(w1), None if b1 is None else interleave(b1)
+    if transposed:
+        w1, w2 = w1.transpose(0, 2, 1), w2.transpose(0, 2, 1)
+    return np.ascontiguousarray(w1), np.ascontiguousarray(w2), b1
+
+
 def random_weights(shape: Shape, dtype: np.dtype) -> tuple[cp.ndarray, cp.ndarray]:
     """(w1 [E, 2I, H], w2 [E, H, I]) scaled by 1/sqrt(fan-in): outputs of order one."""
     w1 = randn((shape.E, 2 * shape.I, shape.H), shape.H**-0.5, dtype)

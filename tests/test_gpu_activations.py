@@ -7,7 +7,7 @@ import pytest
 
 import moefuse
 from moefuse import reference
-from moefuse_bench.problems import DTYPES, TOLERANCE, random_ids
+from moefuse_bench.problems import DTYPES, LAYOUTS, TOLERANCE, random_ids, stored_as
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("backend")]
 
@@ -21,24 +21,6 @@ ACTIVATIONS = {
     "gelu_tanh": moefuse.Activation("gelu_tanh"),
     "relu2": moefuse.Activation("relu2"),
 }
-LAYOUTS = {
-    "standard": dict(transposed=False, interleaved=False),
-    "interleaved": dict(transposed=False, interleaved=True),
-    "transposed": dict(transposed=True, interleaved=False),
-    "gpt_oss_layout": dict(transposed=True, interleaved=True),
-}
-
-
-def stored(w1, w2, b1, gated: bool, transposed: bool, interleaved: bool):
-    """The standard-layout weights as `layout` stores them (gate/up order, then major order)."""
-    if interleaved:
-        inter = w1.shape[1] // 2
-        order = np.stack([np.arange(inter), inter + np.arange(inter)], axis=1).reshape(-1)
-        w1 = w1[:, order]
-        b1 = None if b1 is None else b1[:, order]
-    if transposed:
-        w1, w2 = w1.transpose(0, 2, 1), w2.transpose(0, 2, 1)
-    return np.ascontiguousarray(w1), np.ascontiguousarray(w2), b1
 
 
 def problem(rng, dtype, num_tokens, gated, bias):
@@ -60,7 +42,7 @@ def run_layer(p, activation, layout, fused=True):
     """(out, reference) for problem `p` with its weights stored in `layout`."""
     import cupy
 
-    w1, w2, b1 = stored(p["w1"], p["w2"], p["b1"], activation.gated, **layout)
+    w1, w2, b1 = stored_as(p["w1"], p["w2"], p["b1"], **layout)
     device = {k: None if v is None else cupy.asarray(v) for k, v in dict(p, w1=w1, w2=w2, b1=b1).items()}
     layer = moefuse.MoELayer(
         device["w1"], device["w2"], device["b1"], device["b2"], activation=activation, **layout
@@ -119,7 +101,8 @@ def test_transposed_weights_are_read_in_place_on_hopper(rng, backend):
     cupy.cuda.get_current_stream().synchronize()
     grown = pool.total_bytes() - before
     assert grown <= out.nbytes + (1 << 20) < min(w1.nbytes, w2.nbytes), grown
-    assert not layer._copies
+    (read,) = layer._read_weights.values()
+    assert read[0] is layer.w1 and read[1] is layer.w2  # no copy
 
 
 def test_portable_kernels_copy_transposed_weights_once_and_not_under_capture(rng, backend):
@@ -130,7 +113,7 @@ def test_portable_kernels_copy_transposed_weights_once_and_not_under_capture(rng
     if backend != "sm80":
         pytest.skip("the copy is the portable kernels'")
     p = problem(rng, "bf16", 64, gated=True, bias=False)
-    w1, w2, _ = stored(p["w1"], p["w2"], None, True, transposed=True, interleaved=False)
+    w1, w2, _ = stored_as(p["w1"], p["w2"], transposed=True, interleaved=False)
     inputs = [cupy.asarray(p[k]) for k in ("x", "topk_weights", "topk_ids")]
     layer = moefuse.MoELayer(cupy.asarray(w1), cupy.asarray(w2), transposed=True)
     stream = cupy.cuda.Stream(non_blocking=True)
@@ -142,6 +125,7 @@ def test_portable_kernels_copy_transposed_weights_once_and_not_under_capture(rng
         finally:
             stream.end_capture()
     layer(*inputs)
-    (copies,) = layer._copies.values()
+    copies = layer._read_weights["sm80"]
+    assert copies[0] is not layer.w1 and copies[0].shape == p["w1"].shape
     layer(*inputs)
-    assert layer._copies["sm80"] is copies
+    assert layer._read_weights["sm80"] is copies

@@ -17,33 +17,16 @@ import cupy as cp
 
 import moefuse
 from moefuse_bench.dtypes import rel_err
-from moefuse_bench.problems import DTYPES, make_case, random_weights
+from moefuse_bench.problems import DTYPES, LAYOUTS, make_case, random_weights, stored_as
 from moefuse_bench.shapes import Shape, parse_shape, parse_tokens
 from moefuse_bench.timing import L2Flush, Timing, event_samples, forward_runner, medians
-
-LAYOUTS = {
-    "standard": dict(transposed=False, interleaved=False),
-    "interleaved": dict(transposed=False, interleaved=True),
-    "transposed": dict(transposed=True, interleaved=False),
-    "gpt_oss": dict(transposed=True, interleaved=True),
-}
-
-
-def stored(w1: cp.ndarray, w2: cp.ndarray, transposed: bool, interleaved: bool) -> tuple[cp.ndarray, ...]:
-    """The standard-layout weights as a layout stores them (made once: a copy per layout)."""
-    if interleaved:
-        inter = w1.shape[1] // 2
-        w1 = cp.stack([w1[:, :inter], w1[:, inter:]], axis=2).reshape(w1.shape)
-    if transposed:
-        w1, w2 = w1.transpose(0, 2, 1), w2.transpose(0, 2, 1)
-    return cp.ascontiguousarray(w1), cp.ascontiguousarray(w2)
 
 
 def time_layouts(shape: Shape, tokens: list[int], layouts: list[str], args) -> dict[int, dict[str, float]]:
     w1, w2 = random_weights(shape, DTYPES["bf16"])
     layers = {}
     for name in layouts:
-        layers[name] = moefuse.MoELayer(*stored(w1, w2, **LAYOUTS[name]), **LAYOUTS[name])
+        layers[name] = moefuse.MoELayer(*stored_as(w1, w2, **LAYOUTS[name]), **LAYOUTS[name])
     del w1, w2
     stream = cp.cuda.Stream(non_blocking=True)
     flush = L2Flush(stream)

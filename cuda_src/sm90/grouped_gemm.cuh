@@ -156,6 +156,7 @@ DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int
 template <typename Cfg>
 DEV void load_b(unsigned char* dst, const TmaDesc* desc, u64* bar, int kb, int first, int half,
                 int expert) {
+  static_assert(!Cfg::B_MN || BK == MN_BLOCK, "an MN-major box is 64 N x BK rows: MN_BLOCK_BYTES");
   if constexpr (Cfg::B_MN) {
 #pragma unroll
     for (int b = 0; b < Cfg::B_LOAD_N / MN_BLOCK; ++b) {
