@@ -380,3 +380,30 @@ def test_interleaved_needs_a_gate():
         WeightLayout(gated=False, interleaved=True)
     with pytest.raises(TypeError, match="transposed must be a bool"):
         WeightLayout(transposed="yes")
+
+
+def test_a_layer_reads_its_own_weights_once_per_backend_and_copies_none_under_capture():
+    """MoELayer._weights_for (no GPU: a layer's state set by hand, backends standing in): the
+    backend's view is looked up once and kept; a backend that would read a copy of transposed
+    weights refuses to make it under graph capture."""
+    from types import SimpleNamespace
+
+    from moefuse.layer import MoELayer
+
+    layout = WeightLayout(transposed=True)
+    layer = object.__new__(MoELayer)
+    layer.dims = SimpleNamespace(layout=layout)
+    layer.w1, layer.w2, layer._read_weights = object(), object(), {}
+    calls = []
+
+    def reads(name, read_as):
+        return SimpleNamespace(name=name, reads=lambda seen: calls.append(name) or read_as)
+
+    in_place = reads("sm90", layout)
+    assert layer._weights_for(in_place, False) == (layer.w1, layer.w2, layout)
+    assert layer._weights_for(in_place, True) is layer._read_weights["sm90"]
+    assert calls == ["sm90"]
+    copying = reads("sm80", WeightLayout())
+    with pytest.raises(ValueError, match="w1 is transposed and the sm80 kernels read a copy"):
+        layer._weights_for(copying, True)
+    assert "sm80" not in layer._read_weights
