@@ -71,15 +71,20 @@ def weights_desc(w, spec, layout) -> np.void:
     tile_k, box_n = spec["tile_k"], spec["b_box_rows"]
     experts = w.shape[0]
     depth, rows = (w.shape[1], w.shape[2]) if mn else (w.shape[2], w.shape[1])
-    expert_bytes, inter = rows * depth * 2, rows // 2
-    if mn:  # (n or j, k[, gate | up], expert)
-        n_dims, box = ((inter, depth, 2), (box_n, tile_k, 1)) if halves else ((rows, depth), (box_n, tile_k))
-        strides = (rows * 2, inter * 2)[: len(n_dims) - 1]
-    else:  # (k, n or j[, gate | up], expert)
+    if mn:  # (n, k, expert); halves: (j, k, gate | up, expert), up's columns I after gate's
+        dims, strides, box = [rows, depth], [rows * 2], [box_n, tile_k]
+        if halves:
+            dims, strides = [rows // 2, depth, 2], [rows * 2, rows // 2 * 2]
+    else:  # (k, n, expert); halves: (k, j, gate | up, expert)
         row = depth * 2
-        n_dims, box = ((depth, inter, 2), (tile_k, box_n, 1)) if halves else ((depth, rows), (tile_k, box_n))
-        strides = ((2 * row, row) if layout.interleaved else (row, inter * row)) if halves else (row,)
-    return _encode(w.data.ptr, (*n_dims, experts), (*strides, expert_bytes), (*box, 1), _is_bf16(w))
+        dims, strides, box = [depth, rows], [row], [tile_k, box_n]
+        if halves:  # gate j's and up j's rows: 2j and 2j + 1 interleaved, else j and I + j
+            dims = [depth, rows // 2, 2]
+            strides = [2 * row, row] if layout.interleaved else [row, rows // 2 * row]
+    if halves:
+        box.append(1)
+    expert_bytes = rows * depth * 2
+    return _encode(w.data.ptr, (*dims, experts), (*strides, expert_bytes), (*box, 1), _is_bf16(w))
 
 
 def gate_up_groups_desc(w1, groups: int, group: int, box_cols: int, interleaved: bool) -> np.void:
