@@ -11,6 +11,8 @@ from ._device import require_gpu
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)  # fp8 weights; CuPy holds them as UINT8 bits (moefuse.fp8)
+UINT8 = np.dtype(np.uint8)
 ACTIVATION_DTYPES = (BFLOAT16, FLOAT16)
 LOGIT_DTYPES = (FLOAT32, BFLOAT16, FLOAT16)  # the router kernel reads these as they are
 DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged

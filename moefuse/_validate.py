@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._arrays import ACTIVATION_DTYPES, BFLOAT16, FLOAT16, FLOAT32
+from ._arrays import ACTIVATION_DTYPES, BFLOAT16, E4M3, FLOAT16, FLOAT32, UINT8
+from .fp8 import Fp8Format
 
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 ROUTE_METHODS = ("softmax", "topk_softmax", "sigmoid")  # route's routers (the kernels' method tags)
@@ -21,6 +22,10 @@ ROW_ALIGNMENT = 8  # elements: rows must be whole 16-byte vectors
 
 def _dtype_name(dtype) -> str:
     return str(np.dtype(dtype))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _require_ndim(array, ndim: int, name: str, layout: str) -> None:
@@ -207,21 +212,47 @@ def check_activations(x) -> tuple[int, int]:
     return x.shape
 
 
+def _expert_shapes(w1, w2, layout: WeightLayout, hidden: int, origin: str) -> tuple[int, int, int]:
+    """(E, w1's rows: 2I or I, I) of w1 and w2 in `layout`: w1's H must be `hidden` (x's, when
+    `origin` names x), w2's shape follows."""
+    w1_layout = layout.w1_layout()
+    h_axis, rows_axis = (1, 2) if layout.transposed else (2, 1)
+    num_local, w1_rows, w1_hidden = w1.shape[0], w1.shape[rows_axis], w1.shape[h_axis]
+    if w1_hidden != hidden:
+        raise ValueError(f"w1 must be {w1_layout} with H = x.shape[1] = {hidden}, got {tuple(w1.shape)}")
+    if layout.gated and w1_rows % 2:
+        raise ValueError(f"w1 must be {w1_layout} (gate and up); its 2I axis is odd: {w1_rows}")
+    inter = w1_rows // 2 if layout.gated else w1_rows
+    w2_shape = (num_local, inter, hidden) if layout.transposed else (num_local, hidden, inter)
+    _require_shape(w2, w2_shape, "w2", f"{layout.w2_layout()} ({origin})")
+    return num_local, w1_rows, inter
+
+
+def _check_bias_shapes(
+    b1, b2, num_local: int, w1_rows: int, hidden: int, layout: WeightLayout, origin: str
+) -> None:
+    b1_layout = "[E, 2I] (from w1, in its gate/up order)" if layout.gated else "[E, I] (from w1)"
+    for bias, name, shape, bias_layout in (
+        (b1, "b1", (num_local, w1_rows), b1_layout),
+        (b2, "b2", (num_local, hidden), f"[E, H] ({origin})"),
+    ):
+        if bias is not None:
+            _require_shape(bias, shape, name, bias_layout)
+
+
 def check_expert_weights(
     w1, w2, b1=None, b2=None, *, x=None, layout: WeightLayout = STANDARD_LAYOUT
 ) -> ExpertDims:
     """w1 defines E and I (its layout: `layout`). With `x` (fused_moe), H and the dtype are x's
     and each weight that disagrees is named; without (a layer built before any x), they are
     w1's."""
-    w1_layout, w2_layout = layout.w1_layout(), layout.w2_layout()
-    _require_ndim(w1, 3, "w1", w1_layout)
-    _require_ndim(w2, 3, "w2", w2_layout)
-    h_axis, rows_axis = (1, 2) if layout.transposed else (2, 1)
+    _require_ndim(w1, 3, "w1", layout.w1_layout())
+    _require_ndim(w2, 3, "w2", layout.w2_layout())
     if x is None:
         dtype, source = np.dtype(w1.dtype), "w1"
         if dtype not in ACTIVATION_DTYPES:
             raise TypeError(f"w1 must be bfloat16 or float16, got {_dtype_name(dtype)}")
-        hidden = w1.shape[h_axis]
+        hidden = w1.shape[1 if layout.transposed else 2]
     else:
         dtype, source = np.dtype(x.dtype), "x"
         hidden = check_activations(x)[1]
@@ -230,26 +261,110 @@ def check_expert_weights(
             raise TypeError(
                 f"{name} must have {source}'s dtype {_dtype_name(dtype)}, got {_dtype_name(weight.dtype)}"
             )
-    num_local, w1_rows, w1_hidden = w1.shape[0], w1.shape[rows_axis], w1.shape[h_axis]
-    if w1_hidden != hidden:
-        raise ValueError(f"w1 must be {w1_layout} with H = x.shape[1] = {hidden}, got {tuple(w1.shape)}")
-    if layout.gated and w1_rows % 2:
-        raise ValueError(f"w1 must be {w1_layout} (gate and up); its 2I axis is odd: {w1_rows}")
-    inter = w1_rows // 2 if layout.gated else w1_rows
     origin = "E and I from w1" + ("" if x is None else ", H from x")
-    w2_shape = (num_local, inter, hidden) if layout.transposed else (num_local, hidden, inter)
-    _require_shape(w2, w2_shape, "w2", f"{w2_layout} ({origin})")
+    num_local, w1_rows, inter = _expert_shapes(w1, w2, layout, hidden, origin)
     for size, what in ((hidden, "H (hidden size)"), (inter, "I (intermediate size)")):
         if size == 0 or size % ROW_ALIGNMENT:
             raise ValueError(f"{what} must be a positive multiple of {ROW_ALIGNMENT}, got {size}")
-    b1_layout = "[E, 2I] (from w1, in its gate/up order)" if layout.gated else "[E, I] (from w1)"
-    for bias, name, shape, bias_layout in (
-        (b1, "b1", (num_local, w1_rows), b1_layout),
-        (b2, "b2", (num_local, hidden), f"[E, H] ({origin})"),
-    ):
-        if bias is not None:
-            _require_shape(bias, shape, name, bias_layout)
+    _check_bias_shapes(b1, b2, num_local, w1_rows, hidden, layout, origin)
     return ExpertDims(num_local, hidden, inter, dtype, layout)
+
+
+FP8_WEIGHT_DTYPES = (E4M3, UINT8)
+FP8_HIDDEN_MULTIPLE = 16  # e4m3 rows of whole 16-byte vectors (TMA strides, cp.async chunks)
+# A consumer warpgroup's 64 gate and 64 up features each sit inside one 128-row scale block of w1
+# (concatenated or interleaved), and h is quantised per 64 of I (docs/DESIGN.md D30).
+FP8_INTER_MULTIPLE = 64
+
+
+@dataclass(frozen=True)
+class Fp8Dims:
+    """The sizes of fp8 expert weights and their scales' format (the activations' dtype is the
+    layer's, not the weights')."""
+
+    num_local_experts: int
+    hidden: int  # H
+    intermediate: int  # I
+    format: Fp8Format
+
+
+def _axis_names(layout: str) -> tuple[str, str]:
+    """The names of a matrix's two stored axes in a layout: `[E, 2I, H]` -> ("2I", "H")."""
+    _, rows, cols = layout.strip("[]").split(", ")
+    return rows, cols
+
+
+def _fp8_scale_format(scale, name: str, weight, weight_name: str, layout: str) -> Fp8Format:
+    """The format `scale`'s shape says for `weight` as stored: per tensor, or 128 x 128 blocks (a
+    shape that fits other blocks is refused, naming them)."""
+    if scale is None:
+        raise ValueError(f"{name} is required with fp8 {weight_name} (w = q * scale)")
+    if np.dtype(scale.dtype) != FLOAT32:
+        raise TypeError(f"{name} must be float32, got {_dtype_name(scale.dtype)}")
+    experts, rows, cols = weight.shape
+    shape, blocks = tuple(scale.shape), Fp8Format("block").scale_shape(weight.shape)
+    if shape in ((experts,), (experts, 1, 1)):
+        return Fp8Format("tensor")
+    if shape == blocks:
+        return Fp8Format("block")
+    fits = ""
+    if len(shape) == 3 and shape[0] == experts and min(shape[1:]) > 0:
+        sizes = [_cdiv(n, count) for n, count in ((rows, shape[1]), (cols, shape[2]))]
+        if _cdiv(rows, sizes[0]) == shape[1] and _cdiv(cols, sizes[1]) == shape[2]:
+            fits = f"; that shape fits blocks of {sizes[0]} x {sizes[1]}, and only 128 x 128 is supported"
+    row_name, col_name = _axis_names(layout)
+    raise ValueError(
+        f"{name} must be [E, ceil({row_name}/128), ceil({col_name}/128)] = {blocks} (one scale per "
+        f"128 x 128 block of {weight_name} {layout}) or [E] / [E, 1, 1] (one per expert matrix), "
+        f"got {shape}{fits}"
+    )
+
+
+def check_fp8_weights(
+    w1, w2, w1_scale, w2_scale, b1=None, b2=None, *, x=None, layout: WeightLayout = STANDARD_LAYOUT
+) -> Fp8Dims:
+    """fp8 expert weights (float8_e4m3fn, or their bits as uint8) in `layout` and their float32
+    scales, `w = q * scale`: one per 128 x 128 block of each expert matrix as stored (w1 `[E, 2I,
+    H]` -> `[E, ceil(2I/128), ceil(H/128)]`; the block size is read from the shape) or one per
+    expert matrix (`[E]` or `[E, 1, 1]`), the same format for w1 and w2. H must be a multiple of
+    16 and I of 64; neither needs to be a multiple of 128 (the last block is partial). Biases may
+    be float32, bf16 or fp16. w1 defines E and I; with `x`, H is x's (as check_expert_weights)."""
+    _require_ndim(w1, 3, "w1", layout.w1_layout())
+    _require_ndim(w2, 3, "w2", layout.w2_layout())
+    for weight, name in ((w1, "w1"), (w2, "w2")):
+        if np.dtype(weight.dtype) not in FP8_WEIGHT_DTYPES:
+            raise TypeError(
+                f"{name} must be float8_e4m3fn (or its bits as uint8) with {name}_scale, got "
+                f"{_dtype_name(weight.dtype)}"
+            )
+    if x is None:
+        source, hidden = "w1", w1.shape[1 if layout.transposed else 2]
+    else:
+        source, hidden = "x", check_activations(x)[1]
+    origin = "E and I from w1" + ("" if x is None else ", H from x")
+    num_local, w1_rows, inter = _expert_shapes(w1, w2, layout, hidden, origin)
+    if hidden == 0 or hidden % FP8_HIDDEN_MULTIPLE:
+        raise ValueError(
+            f"{source} has H = {hidden}: fp8 weights need H to be a positive multiple of "
+            f"{FP8_HIDDEN_MULTIPLE} (rows of whole 16-byte e4m3 vectors)"
+        )
+    if inter == 0 or inter % FP8_INTER_MULTIPLE:
+        raise ValueError(
+            f"w1 {layout.w1_layout()} has I = {inter}: fp8 weights need I to be a positive multiple "
+            f"of {FP8_INTER_MULTIPLE} (h is quantised per 64 of I, each 64 inside one 128-row block)"
+        )
+    w1_format = _fp8_scale_format(w1_scale, "w1_scale", w1, "w1", layout.w1_layout())
+    w2_format = _fp8_scale_format(w2_scale, "w2_scale", w2, "w2", layout.w2_layout())
+    if w1_format != w2_format:
+        raise ValueError(
+            f"w1_scale is per {w1_format.kind} and w2_scale per {w2_format.kind}: both scales "
+            "must have the same format (per 128 x 128 block, or per expert matrix)"
+        )
+    for bias, name in ((b1, "b1"), (b2, "b2")):
+        if bias is not None and np.dtype(bias.dtype) not in WEIGHT_DTYPES:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {_dtype_name(bias.dtype)}")
+    _check_bias_shapes(b1, b2, num_local, w1_rows, hidden, layout, origin)
+    return Fp8Dims(num_local, hidden, inter, w1_format)
 
 
 def check_moe_inputs(x, topk_weights, topk_ids, dims: ExpertDims, num_experts: int) -> tuple[int, int]:
