@@ -13,6 +13,7 @@ from . import overrides
 MODULES: dict[str, str] = {
     "routing": "routing.cu",
     "permute": "permute.cu",
+    "quant": "quant.cu",
     "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
     "sm90_grouped_gemm_m128": "sm90/grouped_gemm_m128.cu",
     "sm90_grouped_gemm_m64": "sm90/grouped_gemm_m64.cu",
@@ -34,6 +35,7 @@ VARIANT_TAGS: dict[str, dict[str, str]] = {
     "sm90_grouped_gemm_mn_gemm2_bf16": {"w": "mn", "elem": "bf16"},
     "sm90_grouped_gemm_mn_gemm1_f16": {"w": "mn", "elem": "f16"},
     "sm90_grouped_gemm_mn_gemm2_f16": {"w": "mn", "elem": "f16"},
+    "quant": {"op": "quantize_rows"},  # fp8 layers only
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
 MODULE_ARCHS: dict[str, tuple[str, ...]] = {
@@ -44,6 +46,7 @@ MODULE_ARCHS: dict[str, tuple[str, ...]] = {
     "sm90_swapped_wide_bf16": ("sm_90a",),
     "sm90_swapped_wide_f16": ("sm_90a",),
     **{module: ("sm_90a",) for module in VARIANT_TAGS},
+    "quant": ("sm_90a", "sm_100a"),  # cvt to e4m3 (sm_89+); the fp8 GEMMs are Hopper's
 }
 
 

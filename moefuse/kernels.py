@@ -156,3 +156,13 @@ def finalize(y, plan, topk_weights, out) -> None:
     spec = kernel(op="finalize", **tags)
     pool = dict(vars(plan), y=y, topk_weights=topk_weights, hidden=hidden, out=out)
     launch(spec, (num_tokens,), spec.take(pool))
+
+
+def quantize_rows(x, group: str, x_q, x_s) -> None:
+    """x [T, H] (bf16, fp16) as e4m3 bits `x_q [T, H]` (uint8) and fp32 scales `x_s`, per row and
+    per `group`: "128" values (`x_s [T, ceil(H/128)]`) or the whole "row" (`x_s [T, 1]`); H % 16
+    == 0. Bit for bit `moefuse.reference.quantize_groups` (docs/DESIGN.md D30)."""
+    (num_tokens, hidden), spec = x.shape, kernel(op="quantize_rows", elem=dtype_tag(x.dtype), group=group)
+    if x_s.size:
+        args = dict(x=x, num_tokens=num_tokens, hidden=hidden, x_q=x_q, x_s=x_s)
+        launch(spec, (cdiv(x_s.size, spec["scales_per_block"]),), args)

@@ -120,6 +120,18 @@ def test_swapped_hopper_kernels_use_every_mma_width_tma_and_setmaxnreg(compiled,
         assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
 
 
+@pytest.mark.parametrize("arch", _sources.MODULE_ARCHS["quant"])
+def test_fp8_quantiser_converts_in_hardware_with_ieee_division(compiled, specs, arch):
+    functions = sass_functions(compiled[(arch, "quant")][0])
+    found = {(s.tags["elem"], s.tags["group"]) for s in specs[arch] if s.module == "quant"}
+    assert len(functions) == 4 and found == {(e, g) for e in ("bf16", "f16") for g in ("128", "row")}
+    for name, sass in functions.items():
+        assert "F2FP.SATFINITE.E4M3.F32.PACK_AB_MERGE_C" in sass, f"{name}: no e4m3 conversion"
+        assert "SHFL.BFLY" in sass and "LDG.E.128" in sass and "STG.E.64" in sass, name
+        assert "MUFU.RCP" in sass and "CALL" in sass, f"{name}: 448 / amax is not the IEEE division"
+        assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
+
+
 def test_compile_error_names_the_module_the_architecture_and_the_log(tmp_path):
     """A variant source that does not compile, chosen through moefuse.override as a tool would
     (under a source root of its own, so the checkout's sources and keys stay as they are)."""

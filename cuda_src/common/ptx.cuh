@@ -2,6 +2,7 @@
 // CUDA headers at all: the 16-bit float types are plain `u16` bit patterns converted through `cvt`.
 #pragma once
 
+typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -38,6 +39,14 @@ DEV u32 pack2(Bf16*, float lo, float hi) {
 DEV u32 pack2(F16*, float lo, float hi) {
   u32 r;
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+// Two floats as e4m3 (fp8 e4m3fn, sm_89+): to nearest, ties to even; a magnitude beyond 448 (the
+// PTX ISA's MAX_NORM, inf included) to +-448, NaN to NaN (satfinite). As pack2, `lo` lands in bits
+// 0-7.
+DEV u16 pack_e4m3x2(float lo, float hi) {
+  u16 r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
   return r;
 }
 DEV float2 unpack2(Bf16*, u32 v) {
