@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,14 +394,13 @@ def _find(module: str, arch: str, source: str, *, warn: bool = True) -> _nvrtc.C
     return None
 
 
-def compile_missing(arch: str, modules: list[str] | None = None) -> None:
-    """Compile, in parallel, every one of `modules` (default: those every call may need,
-    `modules_needed(arch, {})`) that the runtime's folders lack or hold damaged (a cold start then
-    costs about the slowest module instead of the sum). A cold start takes ~15 s on Hopper, so it
-    says so on stderr, once at the start and once at the end. Keeps the bytes of every module it
-    verifies or compiles in `_verified`."""
+def compile_missing(arch: str, modules: list[str]) -> None:
+    """Compile, in parallel, every one of `modules` that the runtime's folders lack or hold
+    damaged (a cold start then costs about the slowest module instead of the sum). A cold start
+    takes ~15 s on Hopper, so it says so on stderr, once at the start and once at the end. Keeps
+    the bytes of every module it verifies or compiles in `_verified`."""
     root, missing = _sources.source_root(), []
-    for module in _sources.modules_needed(arch, {}) if modules is None else modules:
+    for module in modules:
         source = _sources.source_file(module)
         found = _find(module, arch, source)
         if found is None:
@@ -436,14 +435,14 @@ _lock = threading.Lock()
 
 def _cubin(module: str, arch: str, source: str) -> bytes:
     """The module's verified cubin for `arch` from `source`, read and checked once per process.
-    Where the cache lacks it, every module the arch lacks compiles first; that pass warns about a
-    damaged entry, so the first look here does not (one warning per entry)."""
+    Where the cache lacks it, it compiles (compile_missing, for the context's source); that
+    warns about a damaged entry, so the first look here does not (one warning per entry)."""
     key = (module, arch, source, _sources.source_root())
     if key not in _verified:
         found = _find(module, arch, source, warn=False)
-        if found is None:
-            compile_missing(arch)  # keeps what it reads and compiles in _verified
-        if found is None and key not in _verified:  # `source` is not the context's
+        if found is None and source == _sources.source_file(module):
+            compile_missing(arch, [module])  # keeps what it reads and compiles in _verified
+        elif found is None:  # a source another context chose
             found = _find(module, arch, source) or _compile_at_runtime(module, arch, source)
         if found is not None:
             _verified[key] = found.cubin
@@ -463,10 +462,9 @@ def module_specs(module: str, arch: str) -> dict[str, _spec.KernelSpec]:
     return specs
 
 
-def catalog(arch: str, tags: Mapping[str, object] | None = None) -> tuple[_spec.KernelSpec, ...]:
-    """Every kernel of the modules for `arch` that a query with `tags` reads (default: those every
-    call may need); the ones not yet read are compiled first, in parallel, where missing."""
-    modules = _sources.modules_needed(arch, tags or {})
+def catalog(arch: str, modules: list[str]) -> tuple[_spec.KernelSpec, ...]:
+    """Every kernel of `modules` for `arch`; the modules not yet read are compiled first, in one
+    parallel pass, where missing."""
     with _lock:  # one thread compiles; module_specs takes the lock after
         unread = [m for m in modules if (m, _sources.source_file(m), arch) not in _specs]
         if unread:

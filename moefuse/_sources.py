@@ -15,37 +15,60 @@ MODULES: dict[str, str] = {
     "permute": "permute.cu",
     "quant": "quant.cu",
     "sm80_grouped_gemm": "sm80/grouped_gemm.cu",
-    "sm90_grouped_gemm_m128": "sm90/grouped_gemm_m128.cu",
-    "sm90_grouped_gemm_m64": "sm90/grouped_gemm_m64.cu",
+    "sm90_grouped_gemm_m128_bf16": "sm90/grouped_gemm_m128_bf16.cu",
+    "sm90_grouped_gemm_m128_f16": "sm90/grouped_gemm_m128_f16.cu",
+    "sm90_grouped_gemm_m64_bf16": "sm90/grouped_gemm_m64_bf16.cu",
+    "sm90_grouped_gemm_m64_f16": "sm90/grouped_gemm_m64_f16.cu",
     "sm90_swapped_bf16": "sm90/swapped_bf16.cu",
     "sm90_swapped_f16": "sm90/swapped_f16.cu",
     "sm90_swapped_wide_bf16": "sm90/swapped_wide_bf16.cu",
     "sm90_swapped_wide_f16": "sm90/swapped_wide_f16.cu",
     "sm90_grouped_gemm_relu2": "sm90/grouped_gemm_relu2.cu",
-    "sm90_grouped_gemm_mn_gemm1_bf16": "sm90/grouped_gemm_mn_gemm1_bf16.cu",
+    "sm90_grouped_gemm_mn_gated_bf16": "sm90/grouped_gemm_mn_gated_bf16.cu",
+    "sm90_grouped_gemm_mn_pairs_bf16": "sm90/grouped_gemm_mn_pairs_bf16.cu",
+    "sm90_grouped_gemm_mn_relu2_bf16": "sm90/grouped_gemm_mn_relu2_bf16.cu",
     "sm90_grouped_gemm_mn_gemm2_bf16": "sm90/grouped_gemm_mn_gemm2_bf16.cu",
-    "sm90_grouped_gemm_mn_gemm1_f16": "sm90/grouped_gemm_mn_gemm1_f16.cu",
+    "sm90_grouped_gemm_mn_gated_f16": "sm90/grouped_gemm_mn_gated_f16.cu",
+    "sm90_grouped_gemm_mn_pairs_f16": "sm90/grouped_gemm_mn_pairs_f16.cu",
+    "sm90_grouped_gemm_mn_relu2_f16": "sm90/grouped_gemm_mn_relu2_f16.cu",
     "sm90_grouped_gemm_mn_gemm2_f16": "sm90/grouped_gemm_mn_gemm2_f16.cu",
+    "sm90_swapped_mn_bf16": "sm90/swapped_mn_bf16.cu",
+    "sm90_swapped_mn_f16": "sm90/swapped_mn_f16.cu",
+    "sm90_swapped_wide_mn_bf16": "sm90/swapped_wide_mn_bf16.cu",
+    "sm90_swapped_wide_mn_f16": "sm90/swapped_wide_mn_f16.cu",
 }
-# Modules only some models need: compiled when a kernel query first names all of their tags, so a
-# cold start compiles what the call uses (docs/DESIGN.md D28). Every kernel in one carries them.
-VARIANT_TAGS: dict[str, dict[str, str]] = {
-    "sm90_grouped_gemm_relu2": {"op": "gemm1_relu2", "w": "k"},
-    "sm90_grouped_gemm_mn_gemm1_bf16": {"w": "mn", "elem": "bf16"},
-    "sm90_grouped_gemm_mn_gemm2_bf16": {"w": "mn", "elem": "bf16"},
-    "sm90_grouped_gemm_mn_gemm1_f16": {"w": "mn", "elem": "f16"},
-    "sm90_grouped_gemm_mn_gemm2_f16": {"w": "mn", "elem": "f16"},
-    "quant": {"op": "quantize_rows"},  # fp8 layers only
+# The tags every kernel of a GEMM module carries. A kernel query reads a module only if it names
+# each of them with the same value (modules_needed), so a call compiles only what it may use
+# (docs/DESIGN.md D28). routing and permute declare none: every query reads them.
+MODULE_TAGS: dict[str, dict[str, str]] = {
+    "sm80_grouped_gemm": {"family": "sm80"},
+    **{
+        f"sm90_grouped_gemm_m{tile_m}_{elem}": {"family": "rows", "w": "k", "elem": elem}
+        for tile_m in (128, 64)
+        for elem in ("bf16", "f16")
+    },
+    "sm90_grouped_gemm_relu2": {"family": "rows", "w": "k", "op": "gemm1_relu2"},
+    **{
+        f"sm90_grouped_gemm_mn_{part}_{elem}": {"family": "rows", "w": "mn", "elem": elem, **op}
+        for elem in ("bf16", "f16")
+        for part, op in (
+            ("gated", {"op": "gemm1_gated"}),
+            ("pairs", {"op": "gemm1_gated_pairs"}),
+            ("relu2", {"op": "gemm1_relu2"}),
+            ("gemm2", {}),
+        )
+    },
+    **{
+        f"sm90_swapped{wide}{mn}_{elem}": {"family": "swapped", "geometry": geometry, "w": w, "elem": elem}
+        for wide, geometry in (("", "narrow"), ("_wide", "wide"))
+        for mn, w in (("", "k"), ("_mn", "mn"))
+        for elem in ("bf16", "f16")
+    },
+    "quant": {"op": "quantize_rows"},  # fp8 layers only: x to e4m3 before GEMM1 (D30)
 }
 # Modules built on architecture-specific instructions, and the targets that have them.
 MODULE_ARCHS: dict[str, tuple[str, ...]] = {
-    "sm90_grouped_gemm_m128": ("sm_90a",),
-    "sm90_grouped_gemm_m64": ("sm_90a",),
-    "sm90_swapped_bf16": ("sm_90a",),
-    "sm90_swapped_f16": ("sm_90a",),
-    "sm90_swapped_wide_bf16": ("sm_90a",),
-    "sm90_swapped_wide_f16": ("sm_90a",),
-    **{module: ("sm_90a",) for module in VARIANT_TAGS},
+    **{m: ("sm_90a",) for m in MODULES if m.startswith("sm90_")},
     "quant": ("sm_90a", "sm_100a"),  # cvt to e4m3 (sm_89+); the fp8 GEMMs are Hopper's
 }
 
@@ -61,11 +84,11 @@ def modules_for(arch: str) -> list[str]:
     return [m for m in MODULES if arch in MODULE_ARCHS.get(m, (arch,))]
 
 
-def modules_needed(arch: str, tags: Mapping[str, object]) -> list[str]:
-    """The modules for `arch` that a kernel query with these tags reads: every module but the
-    variants whose tags the query does not all name."""
-    wanted = {key: str(value) for key, value in tags.items()}
-    return [m for m in modules_for(arch) if VARIANT_TAGS.get(m, {}).items() <= wanted.items()]
+def modules_needed(arch: str, *queries: Mapping[str, object]) -> list[str]:
+    """The modules for `arch` that any of these kernel queries reads: a query reads a module if it
+    names each of the module's MODULE_TAGS with the same value (routing and permute: always)."""
+    wanted = [{key: str(value) for key, value in query.items()} for query in queries]
+    return [m for m in modules_for(arch) if any(MODULE_TAGS.get(m, {}).items() <= w.items() for w in wanted)]
 
 
 SOURCE_SUFFIXES = (".cu", ".cuh")

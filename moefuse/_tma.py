@@ -60,15 +60,14 @@ def tile_desc(matrix, box_rows: int, box_cols: int) -> np.void:
     return _encode(matrix.data.ptr, (cols, rows), (cols * 2,), (box_cols, box_rows), _is_bf16(matrix))
 
 
-def weights_desc(w, spec, layout) -> np.void:
-    """The B map of row-major kernel `spec` over expert weights `w`: [E, R, K] (its tag w=k) or
-    [E, K, R] (w=mn), R = N, or 2I for gated GEMM1. Gated halves (op gemm1_gated) see w as
+def weights_desc(w, box_n: int, tile_k: int, halves: bool, layout) -> np.void:
+    """The map of expert weights `w` stored in `layout`: [E, R, K], or transposed [E, K, R], R = N
+    (2I for a gated GEMM1), loaded in boxes of `box_n` along R (MN-major: one 64-wide block) and
+    `tile_k` along K. `halves` (a gated GEMM1 that loads gate and up separately) sees w as
     (k, feature j, gate | up, expert), whose strides read gate and up rows concatenated or
-    interleaved (`layout`); the others as (k, n, expert), each innermost dimension first as the
-    kernel's box (published b_box_rows along N, tile_k along K) is laid out. An expert's own
-    bounds zero-fill a tile that runs past its N or K."""
-    mn, halves = spec.tags["w"] == "mn", spec.tags["op"] == "gemm1_gated"
-    tile_k, box_n = spec["tile_k"], spec["b_box_rows"]
+    interleaved; otherwise (k, n, expert). Each innermost dimension first as the kernel's box is
+    laid out. An expert's own bounds zero-fill a tile that runs past its N or K."""
+    mn = layout.transposed
     experts = w.shape[0]
     depth, rows = (w.shape[1], w.shape[2]) if mn else (w.shape[2], w.shape[1])
     if mn:  # (n, k, expert); halves: (j, k, gate | up, expert), up's columns I after gate's

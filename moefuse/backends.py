@@ -70,22 +70,38 @@ class GemmArrays:
 
 
 class _Backend:
-    """What both backends share: the M tiles of their row-major kernels, and the plan's tile_m."""
+    """What both backends share: the kernel queries a call kind may make, the M tiles of their
+    row-major kernels, and the plan's tile_m."""
 
-    name = family = ""
+    name = ""
 
     def reads(self, layout: WeightLayout) -> WeightLayout:
         """The layout the backend's kernels read weights stored in `layout` in: the same, or
         (transposed weights on a backend that cannot read them in place) the layer's copy's."""
         return layout
 
-    def tile_ms(self) -> tuple[int, int]:
-        """(small, large) M tiles of the backend's row-major kernels."""
-        found = sorted({s["tile_m"] for s in kernels.select(family=self.family)})
+    def queries(self, kind: CallKind) -> list[dict[str, str]]:
+        """Kernel queries that read every module a call of this kind may use, at any T: each GEMM
+        in each family that may run its weights (`families`: their tags, the row-major one first)."""
+        op2, out2 = _gemm2_op(kind)
+        gemms = (dict(op=_gemm1_op(kind.layout), out=kind.elem), dict(op=op2, out=out2))
+        return [{**tags, **gemm, "elem": kind.elem} for tags in self.families(kind.layout) for gemm in gemms]
+
+    def tile_ms(self, layout: WeightLayout = STANDARD_LAYOUT, elem: str = "bf16") -> tuple[int, int]:
+        """(small, large) M tiles of the backend's row-major kernels for weights stored in
+        `layout` with elements `elem`."""
+        found = sorted({s["tile_m"] for s in kernels.select(**self.families(layout)[0], elem=elem)})
         return found[0], found[-1]
 
-    def tile_m(self, num_tokens: int, top_k: int, num_local_experts: int) -> int:
-        tile_ms, forced = self.tile_ms(), overrides.current().tile_m
+    def tile_m(
+        self,
+        num_tokens: int,
+        top_k: int,
+        num_local_experts: int,
+        layout: WeightLayout = STANDARD_LAYOUT,
+        elem: str = "bf16",
+    ) -> int:
+        tile_ms, forced = self.tile_ms(layout, elem), overrides.current().tile_m
         if forced is None:
             return self.choose_tile_m(num_tokens, top_k, num_local_experts, tile_ms)
         if forced not in tile_ms:
@@ -100,7 +116,10 @@ class _Backend:
         if config is None:
             if len(_configs) >= MAX_CONFIGS:
                 _configs.clear()
-            tile_m = tile_m or self.tile_m(kind.num_tokens, kind.top_k, kind.num_local_experts)
+            kernels.prepare(*self.queries(kind))  # one compile pass for every T of this kind's weights
+            tile_m = tile_m or self.tile_m(
+                kind.num_tokens, kind.top_k, kind.num_local_experts, kind.layout, kind.elem
+            )
             config = _configs[key] = self._configure(kind, tile_m)
         return config
 
@@ -118,12 +137,24 @@ def _gemm2_op(kind: CallKind) -> tuple[str, str]:
     return ("gemm2_scatter", kind.out) if kind.fused else ("gemm2_store", kind.elem)
 
 
+def _w_tag(layout: WeightLayout) -> str:
+    """The kernels' tag of the weights' major order as stored: k ([E, N, K]) or mn ([E, K, N])."""
+    return "mn" if layout.transposed else "k"
+
+
 def _gemm1_op(layout: WeightLayout) -> str:
     """Gated weights stored [K, 2I] interleaved pair gate and up in adjacent columns, which no TMA
     map splits into halves: their kernel pairs them in the accumulators."""
     if not layout.gated:
         return "gemm1_relu2"
     return "gemm1_gated_pairs" if layout.transposed and layout.interleaved else "gemm1_gated"
+
+
+def _swaps(layout: WeightLayout) -> bool:
+    """Whether the swapped kernels read weights stored in `layout`: gated ones, K-major (either
+    gate/up order), or transposed with gate and up interleaved (gpt-oss), whose pairs they finish
+    after a shuffle (cuda_src/sm90/swapped.cuh)."""
+    return layout.gated and (not layout.transposed or layout.interleaved)
 
 
 def gate_args(layout: WeightLayout, activation, inter: int) -> dict[str, object]:
@@ -138,13 +169,17 @@ def gate_args(layout: WeightLayout, activation, inter: int) -> dict[str, object]
 class Sm80(_Backend):
     """cuda_src/sm80/grouped_gemm.cu: a grid of (M tiles, N tiles); GEMM1 gathers x rows itself."""
 
-    name = family = "sm80"
+    name = "sm80"
     choose_tile_m = staticmethod(heuristics.choose_tile_m)
 
     def reads(self, layout: WeightLayout) -> WeightLayout:
         """mma.sync's fragments load K-major rows: transposed weights are copied once (the layer
         keeps the copy)."""
         return replace(layout, transposed=False)
+
+    def families(self, layout: WeightLayout) -> list[dict[str, str]]:
+        """One family runs every layout (in the layout it `reads`)."""
+        return [dict(family="sm80")]
 
     def _launch(self, kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int) -> Launch:
         spec = kernel(family="sm80", op=op, elem=kind.elem, out=out, tile_m=tile_m)
@@ -169,17 +204,25 @@ class Sm90(_Backend):
     arrive by TMA, GEMM1 gathers x's rows with cp.async. Swapped: both operands arrive by TMA,
     GEMM1's token rows from x_perm."""
 
-    name, family = "sm90", "rows"
+    name = "sm90"
     choose_tile_m = staticmethod(heuristics.choose_sm90_tile_m)
+
+    def families(self, layout: WeightLayout) -> list[dict[str, str]]:
+        """Row-major tiles for the weights' major order, and both swapped geometries where they
+        read the layout."""
+        w = _w_tag(layout)
+        swapped = [dict(family="swapped", geometry=g, w=w) for g in GEOMETRIES] if _swaps(layout) else []
+        return [dict(family="rows", w=w), *swapped]
 
     @staticmethod
     def _swapped_geometries(kind: CallKind) -> list[tuple[str, int]]:
-        """heuristics.swapped_launches with the swapped kernels' published numbers. The swapped
-        kernels read gated K-major weights (either gate/up order) only."""
-        if kind.layout.transposed or not kind.layout.gated:
+        """heuristics.swapped_launches with the swapped kernels' published numbers, where they
+        read the weights' layout (`_swaps`)."""
+        if not _swaps(kind.layout):
             return []
         narrow, wide = (
-            kernel(family="swapped", geometry=g, op="gemm2_store", elem=kind.elem) for g in GEOMETRIES
+            kernel(family="swapped", geometry=g, op="gemm2_store", elem=kind.elem, w=_w_tag(kind.layout))
+            for g in GEOMETRIES
         )
         numbers = dict(
             max_experts=narrow["max_experts"], narrow_rows=narrow["max_rows"], wide_rows=wide["max_rows"]
@@ -191,7 +234,8 @@ class Sm90(_Backend):
     @staticmethod
     def _swapped(kind: CallKind, geometry: str, guard: int, op: str, out: str, k: int, n: int) -> Launch:
         """A unit is one chunk of an expert's rows against one block of weight rows."""
-        spec = kernel(family="swapped", geometry=geometry, op=op, elem=kind.elem, out=out)
+        tags = dict(family="swapped", geometry=geometry, op=op, elem=kind.elem, out=out)
+        spec = kernel(**tags, w=_w_tag(kind.layout))
         pairs = kind.num_tokens * kind.top_k
         chunks = heuristics.max_expert_chunks(pairs, kind.num_local_experts, spec["max_rows"])
         units = chunks * cdiv(n, spec["block_out"])
@@ -199,8 +243,14 @@ class Sm90(_Backend):
 
     @staticmethod
     def _rows(kind: CallKind, tile_m: int, op: str, out: str, k: int, n: int, max_splits) -> Launch:
-        w = "mn" if kind.layout.transposed else "k"
-        tags = {"family": "rows", "op": op, "elem": kind.elem, "out": out, "tile_m": tile_m, "w": w}
+        tags = {
+            "family": "rows",
+            "op": op,
+            "elem": kind.elem,
+            "out": out,
+            "tile_m": tile_m,
+            "w": _w_tag(kind.layout),
+        }
         forced_n = overrides.current().tile_n
         if forced_n is not None:
             tags["tile_n"] = forced_n
@@ -221,7 +271,8 @@ class Sm90(_Backend):
         op2, out2 = _gemm2_op(kind)
         swapped = self._swapped_geometries(kind)
         if swapped:
-            ops = (("gemm1_gated", kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
+            op1 = _gemm1_op(kind.layout)
+            ops = ((op1, kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
             gemm1, gemm2 = (tuple(self._swapped(kind, g, guard, *op) for g, guard in swapped) for op in ops)
         else:
             op1 = _gemm1_op(kind.layout)
@@ -248,7 +299,9 @@ class Sm90(_Backend):
             zero_bytes=0 if g.zero is None else g.zero.nbytes,
         )
         if spec.tags["family"] == "swapped":
-            if gemm1:
+            if spec.tags["w"] == "mn":
+                w_desc = tma.weights_desc(g.w, spec["w_box_rows"], tile_k, False, g.layout)
+            elif gemm1:
                 w_desc = tma.gate_up_groups_desc(
                     g.w, spec["w_box_groups"], spec["gate_up_group"], tile_k, g.layout.interleaved
                 )
@@ -257,7 +310,9 @@ class Sm90(_Backend):
             tokens_desc = tma.tile_desc(g.a, spec["token_box"], tile_k)
             return dict(args, w_desc=w_desc, tokens_desc=tokens_desc, expert_counts=plan.expert_counts)
         a = {"x": g.a} if gemm1 else {"a_desc": tma.tile_desc(g.a, spec["a_box_rows"], tile_k)}
-        return dict(args, **a, b_desc=tma.weights_desc(g.w, spec, g.layout), tile_expert=plan.tile_expert)
+        halves = spec.tags["op"] == "gemm1_gated"
+        b_desc = tma.weights_desc(g.w, spec["b_box_rows"], tile_k, halves, g.layout)
+        return dict(args, **a, b_desc=b_desc, tile_expert=plan.tile_expert)
 
 
 def run(launches: tuple[Launch, ...], g: GemmArrays) -> None:

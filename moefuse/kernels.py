@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _cache, _device, overrides
+from . import _cache, _device, _sources, overrides
 from ._spec import KernelSpec, SpecError
 
 # Host choices among the plan kernels, measured (docs/DESIGN.md D9): plan_small up to this many
@@ -43,8 +43,24 @@ def select(**tags) -> tuple[KernelSpec, ...]:
     key = (arch, overrides.current().sources, *sorted(tags.items()))
     found = _selected.get(key)
     if found is None:
-        found = _selected[key] = tuple(spec for spec in _cache.catalog(arch, tags) if spec.matches(tags))
+        catalog = _cache.catalog(arch, _sources.modules_needed(arch, tags))
+        found = _selected[key] = tuple(spec for spec in catalog if spec.matches(tags))
     return found
+
+
+_prepared: set[tuple] = set()
+
+
+def prepare(*queries: Mapping[str, object]) -> None:
+    """Read every module that any of these kernel queries reads on the current GPU, compiling
+    what the cache lacks in one parallel pass: the queries that follow compile nothing
+    (docs/DESIGN.md D28). Done once per architecture, kernel sources and queries: the
+    configuration of every new batch size asks again."""
+    arch = _device.device_arch(_device.require_gpu())
+    key = (arch, overrides.current().sources, *(tuple(sorted(q.items())) for q in queries))
+    if key not in _prepared:
+        _cache.catalog(arch, _sources.modules_needed(arch, *queries))
+        _prepared.add(key)
 
 
 def kernel(**tags) -> KernelSpec:

@@ -71,5 +71,6 @@ def plot(meta: Meta, rows: list[dict[str, Any]], path: str | Path) -> None:
             if m == 0:
                 ax.set_title(case)
             ax.legend(fontsize="x-small")
-    fig.suptitle(f"moefuse bench: {meta.gpu.name}, {meta.dtype}, {meta.date}")
+    # one line per fact: a single-case figure is narrow
+    fig.suptitle(f"moefuse bench\n{meta.gpu.name}\n{meta.dtype}, {meta.date}", fontsize="medium")
     fig.savefig(path, dpi=130)

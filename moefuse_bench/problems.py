@@ -7,6 +7,7 @@ problems on machines where they then skip.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -135,15 +136,17 @@ def stored_as(w1, w2, b1=None, *, transposed: bool, interleaved: bool) -> tuple:
     """(w1, w2, b1) in the standard layout (w1 [E, 2I, H] gate rows then up rows, w2 [E, H, I],
     b1 [E, 2I]; numpy or CuPy) as a layout stores them: the gate/up order, then the major order."""
 
+    xp = np if isinstance(w1, np.ndarray) else sys.modules["cupy"]  # the arrays' own module
+
     def interleave(a):  # [E, 2I, ...]: gate j and up j to 2j and 2j + 1
         half = a.shape[1] // 2
-        return np.stack([a[:, :half], a[:, half:]], axis=2).reshape(a.shape)
+        return xp.stack([a[:, :half], a[:, half:]], axis=2).reshape(a.shape)
 
     if interleaved:
         w1, b1 = interleave(w1), None if b1 is None else interleave(b1)
     if transposed:
         w1, w2 = w1.transpose(0, 2, 1), w2.transpose(0, 2, 1)
-    return np.ascontiguousarray(w1), np.ascontiguousarray(w2), b1
+    return xp.ascontiguousarray(w1), xp.ascontiguousarray(w2), b1
 
 
 def random_weights(shape: Shape, dtype: np.dtype) -> tuple[cp.ndarray, cp.ndarray]:

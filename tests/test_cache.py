@@ -150,22 +150,22 @@ def test_a_damaged_entry_is_compiled_again_with_one_warning(compiled, tmp_path, 
     assert specs and all(spec.module == "permute" for spec in specs.values())
     assert _cache.read_entry(path).cubin == compiled[(ARCH, "permute")][1].cubin  # republished, verified
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert cache_warnings(lambda: _cache.compile_missing(ARCH)) == (None, [])  # warm again
+    warm = _sources.modules_for(ARCH)
+    assert cache_warnings(lambda: _cache.compile_missing(ARCH, warm)) == (None, [])  # warm again
 
 
 def test_a_cold_cache_compiles_every_module_it_lacks_at_once(tmp_path, monkeypatch, capsys, runtime):
     """A cold start of two modules (routing and permute, ~1.5 s: the arch's third, the GEMM, is
     left out to keep CI short); the folder is created private."""
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["routing", "permute"])
     folder = tmp_path / "cache"
     monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
-    _cache.compile_missing(ARCH)
+    _cache.compile_missing(ARCH, ["routing", "permute"])
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for module in ("routing", "permute"):
         assert _cache.read_entry(entry(folder, module)) is not None
     said = capsys.readouterr().err
     assert f"compiling 2 kernel modules for {ARCH}" in said and "compiled in" in said
-    _cache.compile_missing(ARCH)  # warm: nothing to compile, nothing said
+    _cache.compile_missing(ARCH, ["routing", "permute"])  # warm: nothing to compile, nothing said
     assert capsys.readouterr().err == ""
 
 
@@ -254,7 +254,6 @@ PERMISSIONS_BIND = _permissions_bind()
 def test_an_unusable_cache_folder_gives_way_to_a_private_one(tmp_path, monkeypatch, runtime, make_unusable):
     """The runtime compiles into this process's private folder, with one warning naming both;
     an entry in the unusable folder is never read. Compiles permute (~0.4 s)."""
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
     folder, problem = make_unusable(tmp_path)
     monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
     specs, said = cache_warnings(lambda: _cache.module_specs("permute", ARCH))
@@ -289,14 +288,13 @@ def test_compile_missing_raises_the_compile_error_of_any_module(tmp_path, monkey
     (root / "tiny.cu").write_text('extern "C" __global__ void k(int* p) { p[0] = 1; }\n')
     (root / "broken.cu").write_text('extern "C" __global__ void k() { undefined_thing(); }\n')
     monkeypatch.setattr(_sources, "source_root", lambda: root)
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["routing", "permute"])
     monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path / "cache"))
     broken = r"(?s)module permute \(.*broken.cu\) for sm_80:\n.*undefined_thing"
     with (
         moefuse.override(sources={"routing": "tiny.cu", "permute": "broken.cu"}),
         pytest.raises(_nvrtc.CompileError, match=broken),
     ):
-        _cache.compile_missing(ARCH)
+        _cache.compile_missing(ARCH, ["routing", "permute"])
     assert _cache.read_entry(_cache.cubin_path("routing", ARCH, root, tmp_path / "cache", "tiny.cu"))
 
 
@@ -306,7 +304,6 @@ def test_a_group_writable_folder_of_yours_is_refused_with_the_command_that_fixes
     """A warm cache folder made by a plain `mkdir` under umask 002 (mode 775): not used, and the
     warning names `chmod go-w` on it (moefuse does not change it); once that is run, a new process
     uses it as it is. Compiles permute (~0.4 s) into the private folder."""
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
     folder = tmp_path / "cache"
     old = os.umask(0o002)
     try:
@@ -359,7 +356,6 @@ def test_a_failed_publish_at_run_time_moves_the_process_to_its_private_folder(
     (~0.4 s), serves the call and is published into the private folder, with one warning naming
     the folder and the error; later compiles go there directly, silently. No temporary file is
     left behind."""
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
     folder = tmp_path / "cache"
     monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
     failing_replace(monkeypatch, lambda parent: parent == str(folder))
@@ -385,7 +381,6 @@ def test_where_the_private_folder_fails_too_the_compiled_module_serves_from_memo
 ):
     """Every disk is full: permute (~0.4 s) still serves the call, from the compiled bytes, with
     one warning per folder."""
-    monkeypatch.setattr(_sources, "modules_for", lambda arch: ["permute"])
     folder = tmp_path / "cache"
     monkeypatch.setenv(_cache.CACHE_ENV, str(folder))
     failing_replace(monkeypatch, lambda parent: True)
@@ -414,5 +409,5 @@ def test_a_module_is_read_and_checked_once_per_process(compiled, tmp_path, monke
     key = ("permute", ARCH, "permute.cu", _sources.source_root())
     _cache._verified[key] = b"stale"
     entry(folder, "permute").unlink()
-    _cache.compile_missing(ARCH)
+    _cache.compile_missing(ARCH, ["permute"])
     assert _cache._verified[key] == compiled[(ARCH, "permute")][1].cubin

@@ -38,8 +38,8 @@ def cuobjdump() -> str | None:
 
 def test_every_module_builds_for_its_architectures():
     assert {m for _, m in BUILDS} == set(_sources.MODULES)
-    assert ("sm_90a", "sm90_grouped_gemm_m128") in BUILDS
-    assert ("sm_90a", "sm90_grouped_gemm_m64") in BUILDS
+    assert ("sm_90a", "sm90_grouped_gemm_m128_bf16") in BUILDS
+    assert ("sm_90a", "sm90_grouped_gemm_m64_f16") in BUILDS
 
 
 @pytest.mark.parametrize("arch, module", BUILDS)

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from moefuse import _sources, _spec, _validate
-from moefuse._validate import STANDARD_LAYOUT
+from moefuse import _cache, _device, _sources, _spec, _validate, backends, kernels
+from moefuse._validate import STANDARD_LAYOUT, WeightLayout
 from moefuse.activation import Activation
-from moefuse.backends import GemmArrays, Sm80, Sm90, gate_args
+from moefuse.backends import CallKind, GemmArrays, Sm80, Sm90, gate_args
 from tests.conftest import ARCHS
 
 SMEM_PER_BLOCK = 227 * 1024  # sm_80 (163 KiB) and newer take less or as much: an upper bound
@@ -74,8 +74,8 @@ class FakeTma:
         return ("gate_up", groups, group, box_cols)
 
     @staticmethod
-    def weights_desc(w, spec, layout):
-        return ("weights", spec["b_box_rows"], spec["tile_k"])
+    def weights_desc(w, box_n, tile_k, halves, layout):
+        return ("weights", box_n, tile_k)
 
 
 def fake_gemm(spec) -> GemmArrays:
@@ -123,14 +123,126 @@ def test_sm90_descriptors_take_the_published_boxes(specs):
     assert all(found.values()), found
 
 
-def test_variant_modules_hold_only_their_kernels(specs):
-    """A variant module compiles only when a query names its tags (_sources.VARIANT_TAGS): each
-    of its kernels carries them, so no query that omits them could have wanted it."""
-    for spec in specs["sm_90a"]:
-        wanted = _sources.VARIANT_TAGS.get(spec.module, {})
-        assert all(spec.tags.get(k) == v for k, v in wanted.items()), spec.name
-        assert spec.module in _sources.modules_needed("sm_90a", spec.tags), spec.name
-    assert not set(_sources.VARIANT_TAGS) & set(_sources.modules_needed("sm_90a", {}))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_kernel_carries_its_modules_tags(specs, arch):
+    """A query reads a GEMM module only if it names the module's tags (_sources.MODULE_TAGS): each
+    of its kernels carries them, so no query that omits one could have wanted the module."""
+    assert set(_sources.MODULES) - set(_sources.MODULE_TAGS) == {"routing", "permute"}
+    for spec in specs[arch]:
+        assert spec.matches(_sources.MODULE_TAGS.get(spec.module, {})), spec.name
+
+
+def test_routing_reads_only_the_modules_every_call_reads():
+    """`moefuse.route`'s query compiles routing and permute (~2 s), no GEMM."""
+    for arch in ARCHS:
+        query = dict(op="route", method="softmax", logits="f32")
+        assert _sources.modules_needed(arch, query) == ["routing", "permute"]
+
+
+@pytest.mark.parametrize("arch", _sources.MODULE_ARCHS["quant"])
+def test_quantize_rows_finds_its_kernel_in_the_quant_module_alone(specs, monkeypatch, arch):
+    """kernels.quantize_rows' query (op=quantize_rows) reads the quant module and no GEMM, and
+    finds one kernel per element type and group; no other query reads quant."""
+    read = []
+
+    def catalog(arch, modules):
+        read.append(modules)
+        return tuple(s for s in specs[arch] if s.module in modules)
+
+    monkeypatch.setattr(_cache, "catalog", catalog)
+    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
+    monkeypatch.setattr(_device, "device_arch", lambda device_id: arch)
+    monkeypatch.setattr(kernels, "_selected", {})
+    for elem in ("bf16", "f16"):
+        for group in ("128", "row"):
+            spec = kernels.kernel(op="quantize_rows", elem=elem, group=group)
+            assert spec.module == "quant" and spec.tags["elem"] == elem and spec.tags["group"] == group
+    assert all(modules == [*EVERY_CALL, "quant"] for modules in read)
+    for backend, kind in ((Sm80(), call_kind(STANDARD_LAYOUT)), (Sm90(), call_kind(STANDARD_LAYOUT))):
+        assert "quant" not in _sources.modules_needed(arch, *backend.queries(kind))
+
+
+GPT_OSS = WeightLayout(transposed=True, interleaved=True)
+EVERY_CALL = ["routing", "permute"]
+# What a call kind prepares (compiles in one pass where missing) for its weights' layout and bf16.
+PREPARED = [
+    (Sm80(), "sm_80", STANDARD_LAYOUT, ["sm80_grouped_gemm"]),
+    (Sm80(), "sm_90a", WeightLayout(gated=False), ["sm80_grouped_gemm"]),
+    (
+        Sm90(),
+        "sm_90a",
+        STANDARD_LAYOUT,  # Mixtral, Qwen3, DeepSeek-V3
+        [
+            "sm90_grouped_gemm_m128_bf16",
+            "sm90_grouped_gemm_m64_bf16",
+            "sm90_swapped_bf16",
+            "sm90_swapped_wide_bf16",
+        ],
+    ),
+    (
+        Sm90(),
+        "sm_90a",
+        WeightLayout(gated=False),
+        ["sm90_grouped_gemm_m128_bf16", "sm90_grouped_gemm_m64_bf16", "sm90_grouped_gemm_relu2"],
+    ),
+    (
+        Sm90(),
+        "sm_90a",
+        GPT_OSS,
+        [
+            "sm90_grouped_gemm_mn_pairs_bf16",
+            "sm90_grouped_gemm_mn_gemm2_bf16",
+            "sm90_swapped_mn_bf16",
+            "sm90_swapped_wide_mn_bf16",
+        ],
+    ),
+    (
+        Sm90(),
+        "sm_90a",
+        WeightLayout(transposed=True),
+        ["sm90_grouped_gemm_mn_gated_bf16", "sm90_grouped_gemm_mn_gemm2_bf16"],
+    ),
+]
+
+
+def call_kind(layout, num_tokens=16, fused=True, out="bf16") -> CallKind:
+    return CallKind(num_tokens, 4, 8, 1024, 512, "bf16", out, fused, layout)
+
+
+@pytest.mark.parametrize("backend, arch, layout, modules", PREPARED)
+def test_a_call_kind_prepares_only_the_modules_its_weights_may_use(backend, arch, layout, modules):
+    for fused, out in ((True, "bf16"), (True, "f32"), (False, "bf16")):
+        kind = call_kind(backend.reads(layout), fused=fused, out=out)
+        assert _sources.modules_needed(arch, *backend.queries(kind)) == EVERY_CALL + modules
+
+
+@pytest.mark.parametrize("backend, arch, layout, modules", PREPARED)
+def test_configure_at_any_batch_size_reads_only_the_prepared_modules(
+    specs, monkeypatch, backend, arch, layout, modules
+):
+    """On a fake GPU: the first catalog read of a call kind (the prepare) holds every module that
+    its configuration, or another T's, reads later, so a later call compiles nothing."""
+    read = []
+
+    def catalog(arch, modules):
+        read.append(set(modules))
+        return tuple(s for s in specs[arch] if s.module in modules)
+
+    monkeypatch.setattr(_cache, "catalog", catalog)
+    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
+    monkeypatch.setattr(_device, "device_arch", lambda device_id: arch)
+    monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
+    monkeypatch.setattr(kernels, "_selected", {})
+    monkeypatch.setattr(kernels, "_prepared", set())
+    monkeypatch.setattr(backends, "_configs", {})
+    families = set()
+    for num_tokens in (1, 16, 64, 256, 512, 4096, 16384):
+        for fused in (True, False):
+            config = backend.configure(call_kind(backend.reads(layout), num_tokens, fused))
+            families |= {launch.spec.tags["family"] for launch in config.gemm1 + config.gemm2}
+    assert read[0] == set(EVERY_CALL + modules)
+    assert all(later <= read[0] for later in read)
+    assert families == {tags["family"] for tags in backend.families(backend.reads(layout))}
 
 
 def test_parameter_lists_parse_into_host_conversions():

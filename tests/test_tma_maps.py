@@ -28,14 +28,6 @@ def fake_weights(shape):
     return SimpleNamespace(shape=shape, dtype=array.dtype, data=SimpleNamespace(ptr=0)), array
 
 
-class Spec(dict):
-    """A kernel's published numbers and tags, as weights_desc reads them."""
-
-    def __init__(self, op, w, box_rows=64):
-        super().__init__(b_box_rows=box_rows, tile_k=64)
-        self.tags = {"op": op, "w": w}
-
-
 def element(dims, strides, coords):
     """The element offset of `coords` (innermost first) through a map's byte strides."""
     byte_strides = (2, *strides)
@@ -45,7 +37,7 @@ def element(dims, strides, coords):
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_k_major_gated_map_finds_gate_and_up_rows(encoded, interleaved):
     w, array = fake_weights((E, 2 * INTER, H))
-    _tma.weights_desc(w, Spec("gemm1_gated", "k", 32), WeightLayout(interleaved=interleaved))
+    _tma.weights_desc(w, 32, 64, True, WeightLayout(interleaved=interleaved))
     ((dims, strides, box),) = encoded
     assert dims == (H, INTER, 2, E) and box == (64, 32, 1, 1)
     for e, j, half, k in ((0, 0, 1, 5), (2, INTER - 1, 0, H - 1), (1, 7, 1, 0)):
@@ -56,10 +48,10 @@ def test_k_major_gated_map_finds_gate_and_up_rows(encoded, interleaved):
 
 def test_mn_major_maps(encoded):
     w1, a1 = fake_weights((E, H, 2 * INTER))
-    _tma.weights_desc(w1, Spec("gemm1_gated", "mn"), WeightLayout(transposed=True))
-    _tma.weights_desc(w1, Spec("gemm1_gated_pairs", "mn"), WeightLayout(transposed=True, interleaved=True))
+    _tma.weights_desc(w1, 64, 64, True, WeightLayout(transposed=True))
+    _tma.weights_desc(w1, 64, 64, False, WeightLayout(transposed=True, interleaved=True))
     w2, a2 = fake_weights((E, INTER, H))
-    _tma.weights_desc(w2, Spec("gemm2_store", "mn"), WeightLayout(transposed=True))
+    _tma.weights_desc(w2, 64, 64, False, WeightLayout(transposed=True))
     (halves, pairs, down) = encoded
     assert halves[0] == (INTER, H, 2, E) and halves[2] == (64, 64, 1, 1)
     e, j, k = 2, 11, 30

@@ -1,6 +1,6 @@
 """A/B timing of kernel-source variants against the current one, in one process on one GPU.
 
-    python tools/ab_kernel.py cuda_src/sm90/variant.cu [more.cu ...] [--module sm90_grouped_gemm_m128]
+    python tools/ab_kernel.py cuda_src/sm90/variant.cu [more.cu ...] [--module sm90_grouped_gemm_m128_bf16]
         [--shape mixtral|H,I,E,k|HxIxExk] [--tokens 4096] [--rounds 5] [--reps 10]
         [--family auto|rows|swapped|wide]
 
@@ -29,7 +29,7 @@ from moefuse_bench.variants import add_family_argument, family_override, forced
 def main() -> None:
     parser = tool_parser(__doc__, "mixtral", 4096)
     parser.add_argument("variants", type=Path, nargs="+")
-    parser.add_argument("--module", default="sm90_grouped_gemm_m128", choices=sorted(_sources.MODULES))
+    parser.add_argument("--module", default="sm90_grouped_gemm_m128_bf16", choices=sorted(_sources.MODULES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10)
     add_family_argument(parser)

@@ -4,6 +4,10 @@ Each measurement runs in a fresh interpreter; the first uses a new empty MOEFUSE
 second the same folder (every cubin already there). CuPy's own kernel cache (~/.cupy/kernel_cache
 or $CUPY_CACHE_DIR) is left as it is, as a user's would be.
 
+--layout gpt_oss measures gpt-oss's configuration instead of the standard one: weights stored
+transposed with gate and up interleaved, gpt-oss's activation and biases (kernels compiled on
+demand, docs/DESIGN.md D28).
+
 --profile also prints where the time goes: the imports, the CUDA context, the inputs' upload, the
 first route and forward, and inside those the kernel catalog, the kernel loads (cuModuleLoad), the
 NVRTC library and CuPy's own kernels (loaded from its cache or compiled by NVRTC). The child times
@@ -65,22 +69,29 @@ bf16 = ml_dtypes.bfloat16
 x = cupy.asarray(rng.standard_normal((16, 1024)).astype(bf16))
 w1 = cupy.asarray((rng.standard_normal((8, 1024, 1024)) / 32).astype(bf16))
 w2 = cupy.asarray((rng.standard_normal((8, 1024, 512)) / 32).astype(bf16))
+options = {}
+if LAYOUT == "gpt_oss":
+    w1, w2 = cupy.ascontiguousarray(w1.transpose(0, 2, 1)), cupy.ascontiguousarray(w2.transpose(0, 2, 1))
+    b1 = cupy.asarray((rng.standard_normal((8, 1024)) / 32).astype(bf16))
+    b2 = cupy.asarray((rng.standard_normal((8, 1024)) / 32).astype(bf16))
+    options = dict(b1=b1, b2=b2, activation="gpt_oss", transposed=True, interleaved=True)
 logits = cupy.asarray(rng.standard_normal((16, 8)).astype(np.float32))
 phase("inputs to the GPU (host random numbers, copies)")
 weights, ids = moefuse.route(logits, 2)
-phase("first route (the kernel catalog is read here)")
-out = moefuse.fused_moe(x, w1, w2, weights, ids)
-phase("first fused_moe (enqueued)")
+phase("first route (its kernels compile here when missing)")
+out = moefuse.fused_moe(x, w1, w2, weights, ids, **options)
+phase("first fused_moe (enqueued; the GEMMs its weights may use compile here)")
 out.get()
 phase("result to the host (waits for the GPU)")
 print(json.dumps({"phases": phases, "inside": inside}))
 """
 
 
-def measure(cache: str) -> dict:
+def measure(cache: str, layout: str) -> dict:
     """The child's phases [(name, seconds)] and, inside them, {label: (seconds, calls)}."""
     env = dict(os.environ, MOEFUSE_CACHE_DIR=cache)
-    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    child = f"LAYOUT = {layout!r}\n" + CHILD
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -101,11 +112,15 @@ def breakdown(title: str, run: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", action="store_true", help="also print where the time goes")
+    parser.add_argument("--layout", choices=("standard", "gpt_oss"), default="standard")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        cold = measure(cache)
-        warm = measure(cache)
-    print(f"import -> first result: cold cache {total(cold):.2f} s, warm cache {total(warm):.2f} s")
+        cold = measure(cache, args.layout)
+        warm = measure(cache, args.layout)
+    print(
+        f"{args.layout} layout, import -> first result: "
+        f"cold cache {total(cold):.2f} s, warm cache {total(warm):.2f} s"
+    )
     if args.profile:
         print(breakdown("cold cache", cold))
         print(breakdown("warm cache", warm))

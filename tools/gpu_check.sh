@@ -21,8 +21,11 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 python3 -m moefuse.info >"$OUT/info.txt" 2>&1
 
 step "cold / warm start"
-(cd /tmp && python3 "$OLDPWD/tools/cold_start.py" --profile) >"$OUT/cold_start_profile.txt" 2>&1
-head -1 "$OUT/cold_start_profile.txt" >"$OUT/cold_start.txt"
+for layout in standard gpt_oss; do
+  (cd /tmp && python3 "$OLDPWD/tools/cold_start.py" --layout $layout --profile) \
+    >"$OUT/cold_start_profile_$layout.txt" 2>&1
+  head -1 "$OUT/cold_start_profile_$layout.txt" >>"$OUT/cold_start.txt"
+done
 
 step "the README's commands with the CUDA toolkit hidden"
 bash tools/fresh_env_check.sh >"$OUT/fresh_env.log" 2>&1

@@ -156,18 +156,8 @@ DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int
 template <typename Cfg>
 DEV void load_b(unsigned char* dst, const TmaDesc* desc, u64* bar, int kb, int first, int half,
                 int expert) {
-  static_assert(!Cfg::B_MN || BK == MN_BLOCK, "an MN-major box is 64 N x BK rows: MN_BLOCK_BYTES");
   if constexpr (Cfg::B_MN) {
-#pragma unroll
-    for (int b = 0; b < Cfg::B_LOAD_N / MN_BLOCK; ++b) {
-      unsigned char* box = dst + b * MN_BLOCK_BYTES;
-      const int n = first + b * MN_BLOCK;
-      if (Cfg::HALVES) {
-        tma_load_4d(box, desc, bar, n, kb * BK, half, expert);
-      } else {
-        tma_load_3d(box, desc, bar, n, kb * BK, expert);
-      }
-    }
+    load_mn_boxes<Cfg::B_LOAD_N>(dst, desc, bar, kb, first, Cfg::HALVES ? half : -1, expert);
   } else if (Cfg::HALVES) {
     tma_load_4d(dst, desc, bar, kb * BK, first, half, expert);
   } else {
@@ -364,7 +354,7 @@ DEV void consume_tiles(const Args<Cfg>& args, const Schedule& sched, unsigned ch
   float acc[1][Cfg::ACC];
   for_each_unit(sched, [&](const Unit& unit) {
     TileRows<Cfg> rows(args, unit, me);
-    consume<Cfg::WG_N, typename Cfg::Elem, Cfg::GATHER_A, Cfg::B_MN>(
+    consume<Cfg::WG_N, typename Cfg::Elem, Cfg::GATHER_A, false, Cfg::B_MN>(
         ring, acc, unit.k_begin, unit.k_end, me.lane,
         [&](u32 stage) {
           return Operands{T::a(smem, stage) + Cfg::a_row(me.c) * BK * ELEM_BYTES,
@@ -457,9 +447,3 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
 #define MOEFUSE_SM90_ENTRIES(TAG, ELEM, BM, BN, STAGES, W_TAG, B_MN) \
   MOEFUSE_SM90_GEMM1_GATED(TAG, ELEM, BM, BN, STAGES, W_TAG, B_MN)   \
   MOEFUSE_SM90_GEMM2S(TAG, ELEM, BM, BN, STAGES, W_TAG, B_MN)
-// GEMM1 of the weights stored [K, N] (transformers' is_transposed): gated concatenated (halves),
-// gated interleaved (pairs), not gated.
-#define MOEFUSE_SM90_MN_GEMM1S(TAG, ELEM)                            \
-  MOEFUSE_SM90_MN_HALVES_SHAPES(MOEFUSE_SM90_GEMM1_GATED, TAG, ELEM) \
-  MOEFUSE_SM90_SHAPES(MOEFUSE_SM90_GEMM1_PAIRS, TAG, ELEM, mn, true) \
-  MOEFUSE_SM90_SHAPES(MOEFUSE_SM90_GEMM1_RELU2, TAG, ELEM, mn, true)

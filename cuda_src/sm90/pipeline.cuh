@@ -127,6 +127,25 @@ DEV void clear_output(Vec16* __restrict__ zero, i64 bytes) {
     zero[v] = zeros;
 }
 
+// COLS columns of expert `expert`'s weights stored [K, N] (MN-major), from `first` on, K block kb:
+// 64-column boxes placed one after another (the layout Major<true> reads). HALF >= 0: the gate (0)
+// or up (1) half of gated weights, through a 4-D map; else a 3-D map.
+template <int COLS>
+DEV void load_mn_boxes(unsigned char* dst, const TmaDesc* desc, u64* bar, int kb, int first,
+                       int half, int expert) {
+  static_assert(BK == MN_BLOCK && COLS % MN_BLOCK == 0, "an MN-major box is 64 columns x BK rows");
+#pragma unroll
+  for (int b = 0; b < COLS / MN_BLOCK; ++b) {
+    unsigned char* box = dst + b * MN_BLOCK_BYTES;
+    const int n = first + b * MN_BLOCK;
+    if (half >= 0) {
+      tma_load_4d(box, desc, bar, n, kb * BK, half, expert);
+    } else {
+      tma_load_3d(box, desc, bar, n, kb * BK, expert);
+    }
+  }
+}
+
 // The roles, once the kernel's shared state is set up: warpgroup 0 produces, then clears GEMM2's
 // output (GEMM1 of the fused path) once its loads are issued; the others consume, given their
 // warpgroup. GATHERS: the producer also copied by cp.async, whose copies it waits for last.
@@ -142,8 +161,8 @@ DEV void run_roles(Vec16* zero, i64 zero_bytes, Produce&& produce, Consume&& con
   }
 }
 
-// Where a consumer warpgroup's operands start in a stage: A (SUBTILES blocks of WGMMA_M rows) and
-// B.
+// Where a consumer warpgroup's operands start in a stage: A (SUBTILES blocks of WGMMA_M rows, each
+// one 64 x BK box when MN-major) and B.
 struct Operands {
   const unsigned char* a;
   const unsigned char* b;
@@ -153,9 +172,9 @@ struct Operands {
 // issue its BK / WGMMA_K steps of m64nNk16 MMAs, each on SUBTILES blocks of A (operands(stage)),
 // commit, run after_issue(kb) while they execute, wait for them and free the stage.
 // A_GENERIC: A was written through the generic proxy (cp.async), which the async proxy must see.
-// B_MN: B is MN-major (weights stored [K, N]).
-template <int N, typename Elem, bool A_GENERIC, bool B_MN, int STAGES, int SUBTILES, int ACC,
-          typename OperandsFn, typename AfterIssue>
+// A_MN, B_MN: the operand is MN-major (weights stored [K, N]).
+template <int N, typename Elem, bool A_GENERIC, bool A_MN, bool B_MN, int STAGES, int SUBTILES,
+          int ACC, typename OperandsFn, typename AfterIssue>
 DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_begin, int k_end,
                  int lane, OperandsFn&& operands, AfterIssue&& after_issue) {
   static_assert(N / 2 <= ACC, "an m64nNk16 accumulates N / 2 registers per thread");
@@ -163,20 +182,21 @@ DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_beg
     ring.wait_ready();
     if (A_GENERIC) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
     const Operands at = operands(ring.stage());
+    using A = Major<A_MN>;
+    using B = Major<B_MN>;
     u64 a[SUBTILES];
 #pragma unroll
     for (int sub = 0; sub < SUBTILES; ++sub)
-      a[sub] = smem_desc_sw128(at.a + sub * WGMMA_M * BK * ELEM_BYTES);
-    using B = BMajor<B_MN>;
+      a[sub] = A::desc(at.a + sub * WGMMA_M * BK * ELEM_BYTES);
     const u64 b = B::desc(at.b);
     wgmma_fence();
 #pragma unroll
     for (int k16 = 0; k16 < BK / WGMMA_K; ++k16) {
 #pragma unroll
       for (int sub = 0; sub < SUBTILES; ++sub)
-        wgmma_m64nNk16<N, B::TRANS>(acc[sub], smem_desc_advance_k16(a[sub], k16),
-                                    B::advance_k16(b, k16), kb > k_begin || k16 > 0,
-                                    (Elem*)nullptr);
+        wgmma_m64nNk16<N, A::TRANS, B::TRANS>(acc[sub], A::advance_k16(a[sub], k16),
+                                              B::advance_k16(b, k16), kb > k_begin || k16 > 0,
+                                              (Elem*)nullptr);
     }
     wgmma_commit();
     after_issue(kb);

@@ -10,7 +10,10 @@
 // GEMM1: A is w1 seen through a 5-D TMA map, so that each 16-row group of a subtile's 64 rows
 // holds 8 gate rows, then the 8 matching up rows (the map's strides read concatenated or
 // interleaved gate and up rows alike). Thread (warp w, lane l) then holds the gate and
-// the up value of feature 8w + l/4 for the same tokens (the gated activation needs no exchange). B
+// the up value of feature 8w + l/4 for the same tokens (the gated activation needs no exchange).
+// Weights stored [K, N] (W_MN: gpt-oss's layout, gate and up interleaved) are read in place as an
+// MN-major A in 64-row boxes, whose rows no map can regroup: fragment rows 2j and 2j + 1 (lanes l
+// and l ^ 4) hold gate j and up j, and the pair is finished after one shuffle (GatedPairs). B
 // is the chunk's rows of x_perm (x in permuted order, written by permute.cu's gather_rows:
 // gathering 256 rows per stage with cp.async starved the MMAs, docs/DESIGN.md D11). GEMM2: A is BW
 // rows of w2 (output features), B the chunk's rows of h. B arrives by TMA in 32-row boxes, only as
@@ -50,21 +53,24 @@ constexpr int GATE_UP_GROUP = 8;  // GEMM1: w1 rows per gate (up) group: a fragm
 constexpr int STAGING_BYTES = 128 * (32 * 2 + 16);  // per warpgroup: 128 tokens x 32 bf16, padded
 
 // One entry point's geometry.
-template <typename G, typename Elem_, Epilogue EPI_, typename OutT_>
+template <typename G, typename Elem_, Epilogue EPI_, typename OutT_, bool W_MN_>
 struct Config {
   using Elem = Elem_;
   using OutT = OutT_;
   static constexpr Epilogue EPI = EPI_;
-  static constexpr bool GATED = EPI == Epilogue::Gated;
-  static_assert(EPI == Epilogue::Gated || !is_gemm1(EPI), "GEMM1 gated, gate and up rows grouped");
+  static constexpr bool W_MN = W_MN_;  // weights stored [K, N]: A multiplied MN-major
+  static constexpr bool GATED = is_gated(EPI);
+  static constexpr bool PAIRS = EPI == Epilogue::GatedPairs;
+  static_assert(!is_gemm1(EPI) || EPI == (W_MN ? Epilogue::GatedPairs : Epilogue::Gated),
+                "GEMM1 gated: K-major gate and up rows grouped by the map, MN-major ones paired");
   static constexpr bool SCATTER = EPI == Epilogue::ScatterAdd;
   static constexpr int BW = G::BW, MAX_ROWS = G::MAX_ROWS, STAGES = G::STAGES;
   static constexpr int SUBTILES = G::SUBTILES;
   static constexpr int PRODUCER_REGS = G::PRODUCER_REGS, CONSUMER_REGS = G::CONSUMER_REGS;
   static constexpr int BLOCK_OUT = GATED ? BW / 2 : BW;  // output features per weight block
   static constexpr int SUB_OUT = BLOCK_OUT / (CONSUMER_WARPGROUPS * SUBTILES);  // per subtile
-  static constexpr int W_ROWS_PER_N = GATED ? 2 : 1;  // w rows per output feature: gate, up
-  static constexpr int W_BOX_ROWS = BW;               // GEMM2's 2-D box of w2
+  static constexpr int W_ROWS_PER_N = GATED ? 2 : 1;       // w rows per output feature: gate, up
+  static constexpr int W_BOX_ROWS = W_MN ? MN_BLOCK : BW;  // MN-major boxes; K-major GEMM2's of w2
   static constexpr int W_BOX_GROUPS = BW / (2 * GATE_UP_GROUP);  // GEMM1's 5-D box of w1
   static constexpr int TOKEN_BOX = swapped::TOKEN_BOX, MAX_EXPERTS = swapped::MAX_EXPERTS;
   static constexpr int GATE_UP_GROUP = swapped::GATE_UP_GROUP;
@@ -94,16 +100,16 @@ struct Config {
   DEV static int half(int m) { return GATED ? 0 : m % 2; }
 };
 
-// The numbers an entry point with Config C publishes (common/spec.cuh): all of them, then GEMM1's
-// or GEMM2's.
+// The numbers an entry point with Config C publishes (common/spec.cuh): all of them, then the
+// weights' box: K-major GEMM1's gate/up groups, or rows.
 // clang-format off
 #define MOEFUSE_SM90_SWAPPED_INTS(C)                                                   \
   {"smem_bytes", C::SMEM_BYTES}, {"weight_rows", C::BW}, {"max_rows", C::MAX_ROWS},    \
   {"tile_k", sm90::BK}, {"stages", C::STAGES}, {"token_box", C::TOKEN_BOX},            \
   {"block_out", C::BLOCK_OUT}, {"max_experts", C::MAX_EXPERTS}
-#define MOEFUSE_SM90_SWAPPED_GEMM1_INTS(C)                                             \
+#define MOEFUSE_SM90_SWAPPED_GATE_UP_INTS(C)                                           \
   {"w_box_groups", C::W_BOX_GROUPS}, {"gate_up_group", C::GATE_UP_GROUP}
-#define MOEFUSE_SM90_SWAPPED_GEMM2_INTS(C) {"w_box_rows", C::W_BOX_ROWS}
+#define MOEFUSE_SM90_SWAPPED_W_BOX_INTS(C) {"w_box_rows", C::W_BOX_ROWS}
 // clang-format on
 
 // The kernel's arguments, as the entry point declares them.
@@ -132,7 +138,10 @@ DEV void produce_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
         unsigned char* a_tile = T::a(smem, ring.stage());
         unsigned char* b_tile = T::b(smem, ring.stage());
         u64* bar = ring.expect_bytes(T::A_STAGE_BYTES + boxes * BOX_BYTES);
-        if (Cfg::GATED) {
+        if (Cfg::W_MN) {
+          load_mn_boxes<Cfg::BW>(a_tile, args.w_desc, bar, kb, tile.block * Cfg::BW, -1,
+                                 tile.expert);
+        } else if (Cfg::GATED) {
           // (k, row in group, gate | up, GATE_UP_GROUP-feature group, expert): W_BOX_GROUPS groups
           tma_load_5d(a_tile, args.w_desc, bar, kb * BK, 0, 0, tile.block * Cfg::W_BOX_GROUPS,
                       tile.expert);
@@ -225,6 +234,32 @@ DEV void stage_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_ROWS / 2
   }
 }
 
+// Epilogue (1) + (2) for one pass of a PAIRS subtile: fragment rows 2j and 2j + 1 (lanes l and
+// l ^ 4) hold gate j and up j of the same tokens. Each lane sends its partner the value the partner
+// lacks: the gate lane finishes the pair's first token (column 2 (l % 4)), the up lane its second,
+// and each stages its value [token][feature].
+template <typename Cfg>
+DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_ROWS / 2], int pass,
+                          int rows, const float (&row_bias)[2], const GatedActivation& act,
+                          int warp, int lane) {
+  const bool up = (lane / 4) % 2;
+#pragma unroll
+  for (int s = 0; s < Cfg::PASS_ROWS / 8; ++s) {
+    const int j = pass * Cfg::PASS_ROWS / 8 + s;  // token group
+    if (8 * j >= Cfg::MAX_ROWS || 8 * j >= rows) break;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float first = acc[4 * j + 2 * h] + row_bias[h];
+      const float second = acc[4 * j + 2 * h + 1] + row_bias[h];
+      const float other = __shfl_xor_sync(0xffffffffu, up ? first : second, 4);
+      const float v =
+          up ? gated_activation(act, other, second) : gated_activation(act, first, other);
+      const int token = 8 * s + 2 * (lane % 4) + up, feature = 8 * warp + 4 * h + lane / 8;
+      stage_one<typename Cfg::OutT>(staging + token * Cfg::PITCH + feature * ELEM_BYTES, v);
+    }
+  }
+}
+
 // The epilogue of one m64 subtile (its SUB_OUT features): pass by pass through the warpgroup's
 // staging, then 16-byte global vectors of one token's features.
 template <typename Cfg>
@@ -233,20 +268,33 @@ DEV void write_subtile(const Args<Cfg>& args, const Chunk& tile, const ConsumerT
                        const typename Cfg::Elem* __restrict__ expert_bias, unsigned char* staging,
                        const int* out_row, const float* out_scale) {
   const int first_col = tile.block * Cfg::BLOCK_OUT + (Cfg::SUBTILES * me.c + sub) * Cfg::SUB_OUT;
+  // Grouped gate and up rows: the bias of feature first_col + 8 warp + lane / 4's gate (h 0) and up
+  // (h 1); else that of fragment row 16 warp + lane / 4 + 8 h's weight row (PAIRS: interleaved).
   float row_bias[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int col =
-        first_col + (Cfg::GATED ? 8 * me.warp + me.lane / 4 : 16 * me.warp + me.lane / 4 + 8 * h);
-    if (expert_bias && col < args.N)
-      row_bias[h] = to_float(
-          expert_bias[Cfg::GATED ? col * args.gate.gate_up_step + h * args.gate.up_offset : col]);
+    int index;
+    bool inside;
+    if constexpr (Cfg::GATED && !Cfg::PAIRS) {
+      const int feature = first_col + 8 * me.warp + me.lane / 4;
+      inside = feature < args.N;
+      index = feature * args.gate.gate_up_step + h * args.gate.up_offset;
+    } else {
+      index = Cfg::W_ROWS_PER_N * first_col + 16 * me.warp + me.lane / 4 + 8 * h;
+      inside = index < Cfg::W_ROWS_PER_N * args.N;
+    }
+    if (expert_bias && inside) row_bias[h] = to_float(expert_bias[index]);
   }
 #pragma unroll
   for (int pass = 0; pass < Cfg::PASSES; ++pass) {
     if (pass * Cfg::PASS_ROWS >= tile.rows) break;
-    stage_pass<Cfg>(staging, acc, pass, tile.rows, row_bias, args.gate.act, out_scale, me.warp,
-                    me.lane);
+    if constexpr (Cfg::PAIRS) {
+      stage_pairs_pass<Cfg>(staging, acc, pass, tile.rows, row_bias, args.gate.act, me.warp,
+                            me.lane);
+    } else {
+      stage_pass<Cfg>(staging, acc, pass, tile.rows, row_bias, args.gate.act, out_scale, me.warp,
+                      me.lane);
+    }
     consumer_sync(me.c);
     const int first_token = pass * Cfg::PASS_ROWS;
     write_out<typename Cfg::Pass, Cfg::SCATTER, typename Cfg::OutT>(
@@ -273,7 +321,7 @@ DEV void consume_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
   for_each_unit(experts, [&](const Chunk& tile) {
     ChunkRows rows(args.permuted_to_expanded, tile, me.t);
     with_width<Cfg::MAX_ROWS>(tile.rows, [&](auto width) {
-      consume<decltype(width)::value, typename Cfg::Elem, false, false>(
+      consume<decltype(width)::value, typename Cfg::Elem, false, Cfg::W_MN, false>(
           ring, acc, tile.k_begin, tile.k_end, me.lane,
           [&](u32 stage) {
             return Operands{T::a(smem, stage) + Cfg::SUBTILES * me.c * WGMMA_M * BK * ELEM_BYTES,
@@ -319,17 +367,20 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
 }  // namespace swapped
 }  // namespace sm90
 
-// Entry points, instantiated by swapped_{bf16,f16}.cu (narrow tiles) and
-// swapped_wide_{bf16,f16}.cu, each with its contract (common/spec.cuh) from its swapped::Config,
-// sm90::entry::NAME. Launch: a persistent grid of at most one CTA per SM. GEMM1 takes the maps of
-// w1 (5-D) and x_perm, GEMM2 those of w2 and h.
+// Entry points, instantiated by swapped_{bf16,f16}.cu (narrow tiles), swapped_wide_{bf16,f16}.cu
+// and their _mn variants (weights stored [K, N]), each with its contract (common/spec.cuh) from its
+// swapped::Config, sm90::entry::NAME. Launch: a persistent grid of at most one CTA per SM. GEMM1
+// takes the maps of w1 and x_perm, GEMM2 those of w2 and h.
 #define MOEFUSE_SM90_SWAPPED_ENTRY(NAME, GEOMETRY_TAG, GEOMETRY, OP, TAG, ELEM, EPI, OUT_TAG, OUT, \
-                                   W_INTS, GATE)                                                   \
+                                   W_TAG, W_MN, W_INTS, GATE)                                      \
   namespace sm90::entry {                                                                          \
-  using NAME = sm90::swapped::Config<sm90::swapped::GEOMETRY, ELEM, sm90::Epilogue::EPI, OUT>;     \
+  using NAME =                                                                                     \
+      sm90::swapped::Config<sm90::swapped::GEOMETRY, ELEM, sm90::Epilogue::EPI, OUT, W_MN>;        \
   }                                                                                                \
   MOEFUSE_SM90_KERNEL(                                                                             \
-      NAME, "family=swapped geometry=" #GEOMETRY_TAG " op=" #OP " elem=" #TAG " out=" #OUT_TAG,    \
+      NAME,                                                                                        \
+      "family=swapped geometry=" #GEOMETRY_TAG " op=" #OP " elem=" #TAG " out=" #OUT_TAG           \
+      " w=" #W_TAG,                                                                                \
       (const __grid_constant__ TmaDesc w_desc, const __grid_constant__ TmaDesc tokens_desc,        \
        const ELEM* bias, const int* expert_counts, MOEFUSE_SM90_PLAN_PARAMS(OUT), Vec16* zero,     \
        i64 zero_bytes, int busiest_guard MOEFUSE_GATE_PARAMS_##GATE),                              \
@@ -338,15 +389,26 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
         MOEFUSE_SM90_PLAN_ARGS, &w_desc, &tokens_desc, expert_counts, busiest_guard,               \
         MOEFUSE_GATE_ARGS_##GATE});                                                                \
   }
+// GEMM2, stored or scattered into 16-bit or f32 outputs, on weights of major order W_TAG (k, mn).
+#define MOEFUSE_SM90_SWAPPED_GEMM2S(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM, W_TAG, W_MN)        \
+  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_store_##TAG, GEOMETRY_TAG, GEOMETRY, gemm2_store, TAG, \
+                             ELEM, Store, TAG, ELEM, W_TAG, W_MN, MOEFUSE_SM90_SWAPPED_W_BOX_INTS, \
+                             plain)                                                                \
+  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_##TAG, GEOMETRY_TAG, GEOMETRY,     \
+                             gemm2_scatter, TAG, ELEM, ScatterAdd, TAG, ELEM, W_TAG, W_MN,         \
+                             MOEFUSE_SM90_SWAPPED_W_BOX_INTS, plain)                               \
+  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_f32, GEOMETRY_TAG, GEOMETRY,       \
+                             gemm2_scatter, TAG, ELEM, ScatterAdd, f32, float, W_TAG, W_MN,        \
+                             MOEFUSE_SM90_SWAPPED_W_BOX_INTS, plain)
 // PREFIX: sm90_swapped (Narrow) or sm90_swapped_wide (Wide); GEOMETRY_TAG: narrow or wide.
 #define MOEFUSE_SM90_SWAPPED_ENTRIES(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM)                    \
   MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm1_gated_##TAG, GEOMETRY_TAG, GEOMETRY, gemm1_gated, TAG, \
-                             ELEM, Gated, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM1_INTS, gated)       \
-  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_store_##TAG, GEOMETRY_TAG, GEOMETRY, gemm2_store, TAG, \
-                             ELEM, Store, TAG, ELEM, MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)       \
-  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_##TAG, GEOMETRY_TAG, GEOMETRY,     \
-                             gemm2_scatter, TAG, ELEM, ScatterAdd, TAG, ELEM,                      \
-                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)                               \
-  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm2_scatter_##TAG##_out_f32, GEOMETRY_TAG, GEOMETRY,       \
-                             gemm2_scatter, TAG, ELEM, ScatterAdd, f32, float,                     \
-                             MOEFUSE_SM90_SWAPPED_GEMM2_INTS, plain)
+                             ELEM, Gated, TAG, ELEM, k, false, MOEFUSE_SM90_SWAPPED_GATE_UP_INTS,  \
+                             gated)                                                                \
+  MOEFUSE_SM90_SWAPPED_GEMM2S(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM, k, false)
+// Weights stored [K, N], gate and up interleaved (PREFIX: sm90_swapped_mn, sm90_swapped_wide_mn).
+#define MOEFUSE_SM90_SWAPPED_MN_ENTRIES(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM)          \
+  MOEFUSE_SM90_SWAPPED_ENTRY(PREFIX##_gemm1_gated_pairs_##TAG, GEOMETRY_TAG, GEOMETRY,      \
+                             gemm1_gated_pairs, TAG, ELEM, GatedPairs, TAG, ELEM, mn, true, \
+                             MOEFUSE_SM90_SWAPPED_W_BOX_INTS, gated)                        \
+  MOEFUSE_SM90_SWAPPED_GEMM2S(PREFIX, GEOMETRY_TAG, GEOMETRY, TAG, ELEM, mn, true)

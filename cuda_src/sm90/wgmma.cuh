@@ -1,5 +1,5 @@
 // Hopper warpgroup MMA (sm_90a): wgmma.mma_async m64nNk16 on operands in shared memory with the
-// 128-byte swizzle, f32 accumulators in registers. A is K-major; B is K-major or MN-major (weights
+// 128-byte swizzle, f32 accumulators in registers. Either operand is K-major or MN-major (weights
 // stored [K, N], read in place: ../../../shared/PTX_CRIB.md section 13).
 #pragma once
 #include "../common/ptx.cuh"
@@ -23,9 +23,10 @@ DEV u64 smem_desc_sw128(const void* tile) {
 // The descriptor of the same tile K16 further on: +32 bytes inside the swizzled 128-byte row.
 DEV u64 smem_desc_advance_k16(u64 desc, int k16) { return desc + (u64)((k16 * 32) >> 4); }
 
-// An MN-major tile written by TMA with SWIZZLE_128B as boxes of 64 N (128 B) x 64 K rows, box after
-// box along N: the leading byte offset is the step between 64-wide N blocks (one box), the stride
-// byte offset between 8-row K groups, and a K16 step moves 16 K rows (verified exact on an H200).
+// An MN-major tile written by TMA with SWIZZLE_128B as boxes of 64 M or N (128 B) x 64 K rows, box
+// after box along M or N: the leading byte offset is the step between 64-wide blocks (one box), the
+// stride byte offset between 8-row K groups, and a K16 step moves 16 K rows (verified exact on an
+// H200 for B; A's transpose bit reads the same layout).
 constexpr int MN_BLOCK = 64;                       // N elements of one 128-byte row
 constexpr int MN_BLOCK_BYTES = MN_BLOCK * 64 * 2;  // one 64 x 64 box of 16-bit values
 DEV u64 smem_desc_mn_sw128(const void* tile) {
@@ -37,9 +38,10 @@ DEV u64 smem_desc_mn_sw128(const void* tile) {
 }
 DEV u64 smem_desc_mn_advance_k16(u64 desc, int k16) { return desc + (u64)((k16 * 2048) >> 4); }
 
-// B's major order, as a type: its descriptor, the K16 step, and wgmma's transpose-B immediate.
+// An operand's major order, as a type: its descriptor, the K16 step, and wgmma's transpose
+// immediate for that operand.
 template <bool MN>
-struct BMajor {
+struct Major {
   static constexpr int TRANS = MN ? 1 : 0;
   DEV static u64 desc(const void* tile) {
     return MN ? smem_desc_mn_sw128(tile) : smem_desc_sw128(tile);
@@ -169,24 +171,26 @@ struct BMajor {
 
 // D[64 x N] (+)= A[64 x 16] * B[N x 16]^T on the first N / 2 registers of `d`; `accumulate`
 // false overwrites D. Issued by a warpgroup. N is any multiple of 16 up to 256 (the swapped
-// kernels size N to an expert's rows). TRANS_B: B is MN-major (BMajor<true>).
-template <int N, int TRANS_B, typename Tag>
+// kernels size N to an expert's rows). TRANS_A, TRANS_B: the operand is MN-major (Major<true>).
+template <int N, int TRANS_A, int TRANS_B, typename Tag>
 DEV void wgmma_m64nNk16(float* d, u64 a_desc, u64 b_desc, bool accumulate, Tag*);
 
-#define WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, TRANS_B)                                          \
+#define WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, TRANS_A, TRANS_B)                                 \
   template <>                                                                                 \
-  DEV void wgmma_m64nNk16<N, TRANS_B, TAG>(float* d, u64 a_desc, u64 b_desc, bool accumulate, \
-                                           TAG*) {                                            \
+  DEV void wgmma_m64nNk16<N, TRANS_A, TRANS_B, TAG>(float* d, u64 a_desc, u64 b_desc,         \
+                                                    bool accumulate, TAG*) {                  \
     asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, " WGMMA_PRED##G                        \
                  ", 0;\n\t"                                                                   \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE              \
-                 " {" WGMMA_REGS##G "}, " WGMMA_DESCS##G ", p, 1, 1, 0, " #TRANS_B ";\n\t}"   \
+                 " {" WGMMA_REGS##G "}, " WGMMA_DESCS##G ", p, 1, 1, " #TRANS_A ", " #TRANS_B \
+                                                         ";\n\t}"                             \
                  : WGMMA_ACCS##G                                                              \
                  : "l"(a_desc), "l"(b_desc), "r"((u32)accumulate));                           \
   }
-#define WGMMA_DEFINE(N, G, TYPE, TAG)    \
-  WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 0) \
-  WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 1)
+#define WGMMA_DEFINE(N, G, TYPE, TAG)       \
+  WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 0, 0) \
+  WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 0, 1) \
+  WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 1, 0)
 
 WGMMA_DEFINE(16, 1, "bf16", Bf16)
 WGMMA_DEFINE(16, 1, "f16", F16)

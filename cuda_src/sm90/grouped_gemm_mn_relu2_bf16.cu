@@ -1,0 +1,5 @@
+// The Hopper not-gated GEMM1s (relu2) of weights stored [K, N], read in place, bf16. A module of
+// its own (docs/DESIGN.md D28).
+#include "grouped_gemm.cuh"
+
+MOEFUSE_SM90_SHAPES(MOEFUSE_SM90_GEMM1_RELU2, bf16, Bf16, mn, true)

@@ -1,0 +1,7 @@
+// The Hopper grouped GEMMs with swapped operands and wide tiles (256 weight rows x up to 192
+// tokens), bf16, for weights stored [K, N] (transformers' is_transposed) with gate and up
+// interleaved (gpt-oss): the weights are A, read MN-major in place. A module of its own: only a
+// model with that layout compiles it.
+#include "swapped.cuh"
+
+MOEFUSE_SM90_SWAPPED_MN_ENTRIES(sm90_swapped_wide_mn, wide, Wide, bf16, Bf16)
