@@ -40,7 +40,7 @@ DEV void mma_steps(float (&d)[ACC], u64 a_desc, u64 b_desc) {
   wgmma_fence();
 #pragma unroll
   for (int k = FIRST; k < FIRST + COUNT; ++k)
-    wgmma_m64n128k32_e4m3(d, smem_desc_advance_k16(a_desc, k), smem_desc_advance_k16(b_desc, k),
+    wgmma_m64n128k32_e4m3(d, smem_desc_advance_kstep(a_desc, k), smem_desc_advance_kstep(b_desc, k),
                           FRESH && k == FIRST ? 0u : 1u);
   wgmma_commit();
 }

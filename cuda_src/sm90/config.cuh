@@ -1,6 +1,7 @@
 // The shape every Hopper (sm_90a) kernel of this folder shares: one producer warpgroup (TMA,
-// cp.async) and CONSUMER_WARPGROUPS consumer warpgroups (wgmma, epilogue) per CTA, the K block
-// of a pipeline stage, the register split between the roles, and the named barriers.
+// cp.async) and CONSUMER_WARPGROUPS consumer warpgroups (wgmma, epilogue) per CTA, the register
+// split between the roles, and the named barriers. A pipeline stage's K block depends on the
+// operand type (wgmma.cuh's Operand: one 128-byte swizzled row), so each Config carries it.
 // grouped_gemm.cuh (row-major tiles) and swapped.cuh (swapped operands) build on it.
 #pragma once
 #include "../common/activation.cuh"
@@ -18,10 +19,7 @@ constexpr int CONSUMER_WARPS = CONSUMER_WARPGROUPS * WARPGROUP_WARPS;  // arriva
 constexpr int THREADS = (1 + CONSUMER_WARPGROUPS) * WARPGROUP_THREADS;
 constexpr int MIN_BLOCKS = 1;  // a persistent grid of at most one CTA per SM
 
-constexpr int WGMMA_M = 64;  // rows of A (and of the accumulator) per wgmma
-constexpr int WGMMA_K = 16;
-constexpr int BK = 64;  // one 128-byte swizzled row of 16-bit elements
-constexpr int ELEM_BYTES = 2;
+constexpr int WGMMA_M = 64;                    // rows of A (and of the accumulator) per wgmma
 constexpr int VEC_BYTES = (int)sizeof(Vec16);  // the epilogue's global stores and reductions
 constexpr int GROUP_N = 8;                     // n tiles walked together (L2 reuse of A and B)
 

@@ -44,6 +44,8 @@ struct Config {
   using Elem = Elem_;
   using OutT = OutT_;
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+  static constexpr int BK = Operand<Elem>::BK;  // a stage's K block: one 128-byte row
+  static constexpr int ELEM_BYTES = Operand<Elem>::BYTES;
   static constexpr Epilogue EPI = EPI_;
   static constexpr bool B_MN = B_MN_;  // B stored [K, N]: multiplied MN-major
   static constexpr bool GATED = is_gated(EPI);
@@ -90,7 +92,7 @@ struct Config {
 // clang-format off
 #define MOEFUSE_SM90_ROWS_INTS(C)                                                      \
   {"smem_bytes", C::SMEM_BYTES}, {"tile_m", C::BM}, {"tile_n", C::BN},                 \
-  {"out_cols", C::OUT_COLS}, {"tile_k", sm90::BK}, {"stages", C::STAGES},              \
+  {"out_cols", C::OUT_COLS}, {"tile_k", C::BK}, {"stages", C::STAGES},                 \
   {"a_box_rows", C::A_BOX_ROWS}, {"b_box_rows", C::B_BOX_ROWS}
 // clang-format on
 
@@ -110,7 +112,7 @@ DEV Schedule schedule(const Args<Cfg>& args) {
   Schedule sched;
   sched.num_m = args.expert_offsets[args.num_local_experts] / Cfg::BM;
   sched.num_n = (args.N + Cfg::OUT_COLS - 1) / Cfg::OUT_COLS;
-  sched.k_blocks = (args.K + BK - 1) / BK;
+  sched.k_blocks = (args.K + Cfg::BK - 1) / Cfg::BK;
   sched.k_splits = args.k_splits;
   sched.k_per_split = (sched.k_blocks + args.k_splits - 1) / args.k_splits;
   return sched;
@@ -134,17 +136,19 @@ DEV void gather_tokens(int (&token)[ROWS], const int* __restrict__ permuted_to_e
 template <int ROWS, typename Elem>
 DEV void gather_stage(unsigned char* tile, const Elem* __restrict__ x, const int (&token)[ROWS],
                       int K, int kb) {
+  using Op = Operand<Elem>;
+  constexpr int CHUNK = VEC_BYTES / Op::BYTES;  // elements per 16-byte chunk
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int chunk = threadIdx.x % 4 + 4 * half;
-    const int col = kb * BK + chunk * 8;
-    const u32 bytes = col < K ? 16 : 0;  // K % 8 == 0: a chunk is all in or all past K
+    const int col = kb * Op::BK + chunk * CHUNK;
+    const u32 bytes = col < K ? 16 : 0;  // K % CHUNK == 0: a chunk is all in or all past K
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) {
       const int r = threadIdx.x / 4 + 32 * i;
       // the 128-byte swizzle: chunk c of row r sits at chunk c ^ (r % 8)
       if (token[i] >= 0)
-        cp_async_16(tile + r * BK * ELEM_BYTES + ((chunk ^ (r % 8)) * 16),
+        cp_async_16(tile + r * Op::BK * Op::BYTES + ((chunk ^ (r % 8)) * 16),
                     x + (i64)token[i] * K + (bytes ? col : 0), bytes);
     }
   }
@@ -157,11 +161,12 @@ template <typename Cfg>
 DEV void load_b(unsigned char* dst, const TmaDesc* desc, u64* bar, int kb, int first, int half,
                 int expert) {
   if constexpr (Cfg::B_MN) {
-    load_mn_boxes<Cfg::B_LOAD_N>(dst, desc, bar, kb, first, Cfg::HALVES ? half : -1, expert);
+    load_mn_boxes<Cfg::B_LOAD_N, typename Cfg::Elem>(dst, desc, bar, kb, first,
+                                                     Cfg::HALVES ? half : -1, expert);
   } else if (Cfg::HALVES) {
-    tma_load_4d(dst, desc, bar, kb * BK, first, half, expert);
+    tma_load_4d(dst, desc, bar, kb * Cfg::BK, first, half, expert);
   } else {
-    tma_load_3d(dst, desc, bar, kb * BK, first, expert);
+    tma_load_3d(dst, desc, bar, kb * Cfg::BK, first, expert);
   }
 }
 
@@ -183,7 +188,7 @@ struct TileLoads {
       u64* bar = ring.expect_bytes((Cfg::GATHER_A ? 0 : T::A_STAGE_BYTES) + T::B_STAGE_BYTES);
       if (Cfg::HALVES) {
         // Each warpgroup's slice of B: its WG_N/2 gate rows, then the matching up rows.
-        constexpr int HALF_BYTES = Cfg::B_LOAD_N * BK * ELEM_BYTES;
+        constexpr int HALF_BYTES = Cfg::B_LOAD_N * Cfg::BK * Cfg::ELEM_BYTES;
 #pragma unroll
         for (int s = 0; s < Cfg::SLICES; ++s) {
           unsigned char* slice = b_tile + s * 2 * HALF_BYTES;
@@ -194,7 +199,7 @@ struct TileLoads {
       } else {
         load_b<Cfg>(b_tile, args.b_desc, bar, kb, n * Cfg::BN, 0, expert);
       }
-      if (!Cfg::GATHER_A) tma_load_2d(a_tile, args.a_desc, bar, kb * BK, m * Cfg::BM);
+      if (!Cfg::GATHER_A) tma_load_2d(a_tile, args.a_desc, bar, kb * Cfg::BK, m * Cfg::BM);
     }
     if (Cfg::GATHER_A) {
       gather_stage(a_tile, args.x, token, args.K, kb);
@@ -357,8 +362,9 @@ DEV void consume_tiles(const Args<Cfg>& args, const Schedule& sched, unsigned ch
     consume<Cfg::WG_N, typename Cfg::Elem, Cfg::GATHER_A, false, Cfg::B_MN>(
         ring, acc, unit.k_begin, unit.k_end, me.lane,
         [&](u32 stage) {
-          return Operands{T::a(smem, stage) + Cfg::a_row(me.c) * BK * ELEM_BYTES,
-                          T::b(smem, stage) + Cfg::b_row(me.c) * BK * ELEM_BYTES};
+          constexpr int ROW_BYTES = Cfg::BK * Cfg::ELEM_BYTES;
+          return Operands{T::a(smem, stage) + Cfg::a_row(me.c) * ROW_BYTES,
+                          T::b(smem, stage) + Cfg::b_row(me.c) * ROW_BYTES};
         },
         [&](int kb) {
           if (Cfg::SCATTER && kb == unit.k_begin) rows.load_scales(args.topk_weights);

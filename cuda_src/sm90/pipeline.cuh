@@ -130,9 +130,10 @@ DEV void clear_output(Vec16* __restrict__ zero, i64 bytes) {
 // COLS columns of expert `expert`'s weights stored [K, N] (MN-major), from `first` on, K block kb:
 // 64-column boxes placed one after another (the layout Major<true> reads). HALF >= 0: the gate (0)
 // or up (1) half of gated weights, through a 4-D map; else a 3-D map.
-template <int COLS>
+template <int COLS, typename Elem>
 DEV void load_mn_boxes(unsigned char* dst, const TmaDesc* desc, u64* bar, int kb, int first,
                        int half, int expert) {
+  constexpr int BK = Operand<Elem>::BK;
   static_assert(BK == MN_BLOCK && COLS % MN_BLOCK == 0, "an MN-major box is 64 columns x BK rows");
 #pragma unroll
   for (int b = 0; b < COLS / MN_BLOCK; ++b) {
@@ -161,22 +162,25 @@ DEV void run_roles(Vec16* zero, i64 zero_bytes, Produce&& produce, Consume&& con
   }
 }
 
-// Where a consumer warpgroup's operands start in a stage: A (SUBTILES blocks of WGMMA_M rows, each
-// one 64 x BK box when MN-major) and B.
+// Where a consumer warpgroup's operands start in a stage: A (SUBTILES blocks of WGMMA_M rows of one
+// K block each, a 64 x 64 box when MN-major) and B.
 struct Operands {
   const unsigned char* a;
   const unsigned char* b;
 };
 
 // The consumers' main loop over one unit's K blocks [k_begin, k_end): wait for the stage's inputs,
-// issue its BK / WGMMA_K steps of m64nNk16 MMAs, each on SUBTILES blocks of A (operands(stage)),
-// commit, run after_issue(kb) while they execute, wait for them and free the stage.
+// issue its MMA_STEPS steps of m64nNk16 MMAs, each on SUBTILES blocks of A (operands(stage)),
+// commit, run after_issue(kb) while they execute, wait for them and free the stage. 16-bit
+// operands: fp8 ones are promoted into fp32 per K block instead of accumulating across blocks.
 // A_GENERIC: A was written through the generic proxy (cp.async), which the async proxy must see.
 // A_MN, B_MN: the operand is MN-major (weights stored [K, N]).
 template <int N, typename Elem, bool A_GENERIC, bool A_MN, bool B_MN, int STAGES, int SUBTILES,
           int ACC, typename OperandsFn, typename AfterIssue>
 DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_begin, int k_end,
                  int lane, OperandsFn&& operands, AfterIssue&& after_issue) {
+  using Op = Operand<Elem>;
+  static_assert(Op::MMA_K == 16, "m64nNk16 MMAs: 16-bit operands");
   static_assert(N / 2 <= ACC, "an m64nNk16 accumulates N / 2 registers per thread");
   for (int kb = k_begin; kb < k_end; ++kb, ring.advance()) {
     ring.wait_ready();
@@ -187,15 +191,15 @@ DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_beg
     u64 a[SUBTILES];
 #pragma unroll
     for (int sub = 0; sub < SUBTILES; ++sub)
-      a[sub] = A::desc(at.a + sub * WGMMA_M * BK * ELEM_BYTES);
+      a[sub] = A::desc(at.a + sub * WGMMA_M * Op::BK * Op::BYTES);
     const u64 b = B::desc(at.b);
     wgmma_fence();
 #pragma unroll
-    for (int k16 = 0; k16 < BK / WGMMA_K; ++k16) {
+    for (int step = 0; step < Op::MMA_STEPS; ++step) {
 #pragma unroll
       for (int sub = 0; sub < SUBTILES; ++sub)
-        wgmma_m64nNk16<N, A::TRANS, B::TRANS>(acc[sub], A::advance_k16(a[sub], k16),
-                                              B::advance_k16(b, k16), kb > k_begin || k16 > 0,
+        wgmma_m64nNk16<N, A::TRANS, B::TRANS>(acc[sub], A::advance_kstep(a[sub], step),
+                                              B::advance_kstep(b, step), kb > k_begin || step > 0,
                                               (Elem*)nullptr);
     }
     wgmma_commit();

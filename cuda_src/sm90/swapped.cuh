@@ -57,6 +57,8 @@ template <typename G, typename Elem_, Epilogue EPI_, typename OutT_, bool W_MN_>
 struct Config {
   using Elem = Elem_;
   using OutT = OutT_;
+  static constexpr int BK = Operand<Elem>::BK;  // a stage's K block: one 128-byte row
+  static constexpr int ELEM_BYTES = Operand<Elem>::BYTES;
   static constexpr Epilogue EPI = EPI_;
   static constexpr bool W_MN = W_MN_;  // weights stored [K, N]: A multiplied MN-major
   static constexpr bool GATED = is_gated(EPI);
@@ -105,7 +107,7 @@ struct Config {
 // clang-format off
 #define MOEFUSE_SM90_SWAPPED_INTS(C)                                                   \
   {"smem_bytes", C::SMEM_BYTES}, {"weight_rows", C::BW}, {"max_rows", C::MAX_ROWS},    \
-  {"tile_k", sm90::BK}, {"stages", C::STAGES}, {"token_box", C::TOKEN_BOX},            \
+  {"tile_k", C::BK}, {"stages", C::STAGES}, {"token_box", C::TOKEN_BOX},               \
   {"block_out", C::BLOCK_OUT}, {"max_experts", C::MAX_EXPERTS}
 #define MOEFUSE_SM90_SWAPPED_GATE_UP_INTS(C)                                           \
   {"w_box_groups", C::W_BOX_GROUPS}, {"gate_up_group", C::GATE_UP_GROUP}
@@ -134,13 +136,13 @@ DEV void produce_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
     produce(ring, experts, [&](const Chunk& tile) {
       const int boxes = (tile.rows + TOKEN_BOX - 1) / TOKEN_BOX;
       return [&, tile, boxes](int kb) {
-        constexpr int BOX_BYTES = TOKEN_BOX * BK * ELEM_BYTES;
+        constexpr int BK = Cfg::BK, BOX_BYTES = TOKEN_BOX * BK * Cfg::ELEM_BYTES;
         unsigned char* a_tile = T::a(smem, ring.stage());
         unsigned char* b_tile = T::b(smem, ring.stage());
         u64* bar = ring.expect_bytes(T::A_STAGE_BYTES + boxes * BOX_BYTES);
         if (Cfg::W_MN) {
-          load_mn_boxes<Cfg::BW>(a_tile, args.w_desc, bar, kb, tile.block * Cfg::BW, -1,
-                                 tile.expert);
+          load_mn_boxes<Cfg::BW, typename Cfg::Elem>(a_tile, args.w_desc, bar, kb,
+                                                     tile.block * Cfg::BW, -1, tile.expert);
         } else if (Cfg::GATED) {
           // (k, row in group, gate | up, GATE_UP_GROUP-feature group, expert): W_BOX_GROUPS groups
           tma_load_5d(a_tile, args.w_desc, bar, kb * BK, 0, 0, tile.block * Cfg::W_BOX_GROUPS,
@@ -242,6 +244,7 @@ template <typename Cfg>
 DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_ROWS / 2], int pass,
                           int rows, const float (&row_bias)[2], const GatedActivation& act,
                           int warp, int lane) {
+  using OutT = typename Cfg::OutT;
   const bool up = (lane / 4) % 2;
 #pragma unroll
   for (int s = 0; s < Cfg::PASS_ROWS / 8; ++s) {
@@ -255,7 +258,7 @@ DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_RO
       const float v =
           up ? gated_activation(act, other, second) : gated_activation(act, first, other);
       const int token = 8 * s + 2 * (lane % 4) + up, feature = 8 * warp + 4 * h + lane / 8;
-      stage_one<typename Cfg::OutT>(staging + token * Cfg::PITCH + feature * ELEM_BYTES, v);
+      stage_one<OutT>(staging + token * Cfg::PITCH + feature * (int)sizeof(OutT), v);
     }
   }
 }
@@ -324,7 +327,8 @@ DEV void consume_chunks(const Args<Cfg>& args, const Experts& experts, unsigned 
       consume<decltype(width)::value, typename Cfg::Elem, false, Cfg::W_MN, false>(
           ring, acc, tile.k_begin, tile.k_end, me.lane,
           [&](u32 stage) {
-            return Operands{T::a(smem, stage) + Cfg::SUBTILES * me.c * WGMMA_M * BK * ELEM_BYTES,
+            constexpr int ROW_BYTES = Cfg::BK * Cfg::ELEM_BYTES;
+            return Operands{T::a(smem, stage) + Cfg::SUBTILES * me.c * WGMMA_M * ROW_BYTES,
                             T::b(smem, stage)};
           },
           [&](int kb) {
@@ -350,7 +354,7 @@ DEV void grouped_gemm(const Args<Cfg>& args) {
   unsigned char* smem = dynamic_smem();
   StageRing<Cfg::STAGES> ring(smem + Cfg::BARRIER_OFFSET);
   Experts experts(smem + Cfg::EXPERTS_OFFSET, args.num_local_experts,
-                  (args.N + Cfg::BLOCK_OUT - 1) / Cfg::BLOCK_OUT, (args.K + BK - 1) / BK);
+                  (args.N + Cfg::BLOCK_OUT - 1) / Cfg::BLOCK_OUT, (args.K + Cfg::BK - 1) / Cfg::BK);
   if (threadIdx.x == 0) ring.init(1);
   if (threadIdx.x < WARP_THREADS)
     experts.build<Cfg::MAX_ROWS>(args.expert_counts, args.expert_offsets);

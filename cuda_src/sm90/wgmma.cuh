@@ -11,8 +11,23 @@ DEV void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 
-// Shared-memory matrix descriptor of a K-major tile written by TMA with SWIZZLE_128B: rows of 64
-// 16-bit elements (128 B), 8-row groups 1024 B apart, base 1024-B aligned (base offset 0).
+// Every operand tile is stored in rows of 128 bytes with the 128-byte swizzle, and one wgmma
+// reads 32 bytes of K from each row (k16 of a 16-bit type, k32 of e4m3).
+constexpr int SW128_ROW_BYTES = 128;
+constexpr int MMA_K_BYTES = 32;
+
+// An operand element type's K geometry: a stage's K block is one swizzled K-major row (64 16-bit
+// elements, 128 e4m3), issued as MMA_STEPS wgmmas of MMA_K each.
+template <typename Elem>
+struct Operand {
+  static constexpr int BYTES = (int)sizeof(Elem);
+  static constexpr int BK = SW128_ROW_BYTES / BYTES;
+  static constexpr int MMA_K = MMA_K_BYTES / BYTES;
+  static constexpr int MMA_STEPS = BK / MMA_K;
+};
+
+// Shared-memory matrix descriptor of a K-major tile written by TMA with SWIZZLE_128B: rows of 128
+// bytes (one K block), 8-row groups 1024 B apart, base 1024-B aligned (base offset 0).
 DEV u64 smem_desc_sw128(const void* tile) {
   u64 desc = (u64)((smem_u32(tile) & 0x3FFFF) >> 4);  // bits 0-13: start address >> 4
   desc |= (u64)(16 >> 4) << 16;                       // bits 16-29: leading byte offset (unused)
@@ -20,15 +35,20 @@ DEV u64 smem_desc_sw128(const void* tile) {
   desc |= (u64)1 << 62;                               // bits 62-63: 128-byte swizzle
   return desc;
 }
-// The descriptor of the same tile K16 further on: +32 bytes inside the swizzled 128-byte row.
-DEV u64 smem_desc_advance_k16(u64 desc, int k16) { return desc + (u64)((k16 * 32) >> 4); }
+// The descriptor of the same tile `step` MMA K steps further on: +32 bytes per step inside the
+// swizzled 128-byte row (k16 of a 16-bit type, k32 of e4m3).
+DEV u64 smem_desc_advance_kstep(u64 desc, int step) {
+  return desc + (u64)((step * MMA_K_BYTES) >> 4);
+}
 
 // An MN-major tile written by TMA with SWIZZLE_128B as boxes of 64 M or N (128 B) x 64 K rows, box
 // after box along M or N: the leading byte offset is the step between 64-wide blocks (one box), the
 // stride byte offset between 8-row K groups, and a K16 step moves 16 K rows (verified exact on an
-// H200 for B; A's transpose bit reads the same layout).
+// H200 for B; A's transpose bit reads the same layout). 16-bit operands only: wgmma has no
+// transpose for fp8 (PTX_CRIB section 13).
 constexpr int MN_BLOCK = 64;                       // N elements of one 128-byte row
 constexpr int MN_BLOCK_BYTES = MN_BLOCK * 64 * 2;  // one 64 x 64 box of 16-bit values
+static_assert(MN_BLOCK == Operand<Bf16>::BK, "a box's 64 K rows are a 16-bit K block");
 DEV u64 smem_desc_mn_sw128(const void* tile) {
   u64 desc = (u64)((smem_u32(tile) & 0x3FFFF) >> 4);
   desc |= (u64)(MN_BLOCK_BYTES >> 4) << 16;
@@ -38,7 +58,7 @@ DEV u64 smem_desc_mn_sw128(const void* tile) {
 }
 DEV u64 smem_desc_mn_advance_k16(u64 desc, int k16) { return desc + (u64)((k16 * 2048) >> 4); }
 
-// An operand's major order, as a type: its descriptor, the K16 step, and wgmma's transpose
+// An operand's major order, as a type: its descriptor, the MMA K step, and wgmma's transpose
 // immediate for that operand.
 template <bool MN>
 struct Major {
@@ -46,8 +66,8 @@ struct Major {
   DEV static u64 desc(const void* tile) {
     return MN ? smem_desc_mn_sw128(tile) : smem_desc_sw128(tile);
   }
-  DEV static u64 advance_k16(u64 desc, int k16) {
-    return MN ? smem_desc_mn_advance_k16(desc, k16) : smem_desc_advance_k16(desc, k16);
+  DEV static u64 advance_kstep(u64 desc, int step) {
+    return MN ? smem_desc_mn_advance_k16(desc, step) : smem_desc_advance_kstep(desc, step);
   }
 };
 
