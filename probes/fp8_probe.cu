@@ -4,7 +4,7 @@
 //
 // A CTA of 384 threads: warpgroup 0 only loads the tiles and leaves; warpgroups 1 and 2 each own
 // 64 rows of a 128 x 128 x 128 e4m3 stage (A 128 x 128, B 128 x 128, both K-major, 128-byte
-// swizzle) and run it `iters` times, 4 k32 MMAs per stage:
+// swizzle) and run it `iters` times, 4 k32 MMAs per stage (sm90/wgmma.cuh's wgmma_m64nNk32):
 //   MODE 0  no promotion: every MMA accumulates into one set of accumulators
 //   MODE 1  promotion per 128: a fresh accumulator per stage, then final += s * acc (wait<0>)
 //   MODE 2  promotion per 64: the same per 2 k32 MMAs, twice a stage
@@ -23,25 +23,14 @@ constexpr int TILE_BYTES = TILE_ROWS * 128;  // 16 KiB of e4m3
 constexpr int ACC = 64;                      // m64n128 f32 accumulators per thread
 constexpr int SCALES = 16;                   // 8 stages x 2 row halves
 
-// D[64 x 128] (+)= A . B^T, e4m3 in, f32 out; fp8 has no transpose immediates (PTX_CRIB 12).
-DEV void wgmma_m64n128k32_e4m3(float (&d)[ACC], u64 a_desc, u64 b_desc, u32 accumulate) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %66, 0;\n\t"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {" WGMMA_REGS8
-      "}, %64, %65, p, 1, 1;\n\t}"
-      : WGMMA_ACC8(0), WGMMA_ACC8(8), WGMMA_ACC8(16), WGMMA_ACC8(24), WGMMA_ACC8(32),
-        WGMMA_ACC8(40), WGMMA_ACC8(48), WGMMA_ACC8(56)
-      : "l"(a_desc), "l"(b_desc), "r"(accumulate));
-}
-
 // k32 steps [first, first + count) of the stage into `d` (the first one overwrites when `fresh`).
 template <int FIRST, int COUNT, bool FRESH>
 DEV void mma_steps(float (&d)[ACC], u64 a_desc, u64 b_desc) {
   wgmma_fence();
 #pragma unroll
   for (int k = FIRST; k < FIRST + COUNT; ++k)
-    wgmma_m64n128k32_e4m3(d, smem_desc_advance_kstep(a_desc, k), smem_desc_advance_kstep(b_desc, k),
-                          FRESH && k == FIRST ? 0u : 1u);
+    wgmma_m64nNk32<128>(d, smem_desc_advance_kstep(a_desc, k), smem_desc_advance_kstep(b_desc, k),
+                        !(FRESH && k == FIRST), (E4m3*)nullptr);
   wgmma_commit();
 }
 

@@ -132,6 +132,32 @@ def test_fp8_quantiser_converts_in_hardware_with_ieee_division(compiled, specs, 
         assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
 
 
+TEST_SOURCES = Path(__file__).parent / "cuda"
+
+
+def test_e4m3_wgmma_assembles_to_qgmma_at_every_width_without_spills(tmp_path):
+    """No module runs the e4m3 wgmma yet (issue 16, S2): tests/cuda/wgmma_e4m3.cu instantiates
+    wgmma_m64nNk32<N, E4m3> for N = 16..256 over one 128-deep K block (4 k32 steps), so every run
+    checks that the wrapper assembles, with no spills, to the QGMMA of its width."""
+    result = _nvrtc.compile_cubin(
+        TEST_SOURCES / "wgmma_e4m3.cu", "sm_90a", _sources.source_root(), "wgmma_e4m3"
+    )
+    resources = _nvrtc.parse_resources(result.log)
+    for kernel, res in resources.items():  # empty where NVRTC gives no ptxas report (13.0)
+        assert res.spill_store_bytes == res.spill_load_bytes == res.stack_bytes == 0, kernel
+    assert "C75" not in result.log, result.log  # no serialised or fenced-in wgmma
+    path = tmp_path / "wgmma_e4m3.cubin"
+    path.write_bytes(result.cubin)
+    functions = sass_functions(path)
+    widths = range(16, 257, 16)
+    assert set(functions) == {f"wgmma_e4m3_n{n}" for n in widths}
+    assert "QGMMA.64x128x32.F32.E4M3.E4M3" in functions["wgmma_e4m3_n128"]
+    for n in widths:
+        sass = functions[f"wgmma_e4m3_n{n}"]
+        assert sass.count(f"QGMMA.64x{n}x32.F32.E4M3.E4M3") == 4, f"n{n}: not 4 k32 e4m3 MMAs"
+        assert "HGMMA" not in sass and "STL" not in sass and "LDL" not in sass, f"n{n}"
+
+
 def test_compile_error_names_the_module_the_architecture_and_the_log(tmp_path):
     """A variant source that does not compile, chosen through moefuse.override as a tool would
     (under a source root of its own, so the checkout's sources and keys stay as they are)."""

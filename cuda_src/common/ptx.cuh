@@ -21,6 +21,10 @@ struct Bf16 {
 struct F16 {
   u16 bits;
 };
+// `E4m3` tags fp8 e4m3 (float8_e4m3fn) operands, stored as raw bytes (made by pack_e4m3x2 below).
+struct E4m3 {
+  u8 bits;
+};
 
 DEV float to_float(Bf16 v) { return __uint_as_float((u32)v.bits << 16); }
 DEV float to_float(F16 v) {

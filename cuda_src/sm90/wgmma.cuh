@@ -1,6 +1,7 @@
-// Hopper warpgroup MMA (sm_90a): wgmma.mma_async m64nNk16 on operands in shared memory with the
-// 128-byte swizzle, f32 accumulators in registers. Either operand is K-major or MN-major (weights
-// stored [K, N], read in place: ../../../shared/PTX_CRIB.md section 13).
+// Hopper warpgroup MMA (sm_90a): wgmma.mma_async on operands in shared memory with the 128-byte
+// swizzle, f32 accumulators in registers: m64nNk16 of bf16 or fp16, either operand K-major or
+// MN-major (weights stored [K, N], read in place: ../../../shared/PTX_CRIB.md section 13), and
+// m64nNk32 of e4m3, both operands K-major (PTX_CRIB section 12).
 #pragma once
 #include "../common/ptx.cuh"
 
@@ -195,6 +196,13 @@ struct Major {
 template <int N, int TRANS_A, int TRANS_B, typename Tag>
 DEV void wgmma_m64nNk16(float* d, u64 a_desc, u64 b_desc, bool accumulate, Tag*);
 
+// D[64 x N] (+)= A[64 x 32] * B[N x 32]^T of e4m3 (Tag E4m3), as wgmma_m64nNk16 otherwise. Both
+// operands K-major: fp8 wgmma has no transpose immediates, so its operand list ends after
+// imm-scale-a and imm-scale-b. The tensor cores' fp8 sums lose precision as K grows (PTX_CRIB
+// section 12): callers start a fresh accumulator per 128-deep K block and promote it into fp32.
+template <int N, typename Tag>
+DEV void wgmma_m64nNk32(float* d, u64 a_desc, u64 b_desc, bool accumulate, Tag*);
+
 #define WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, TRANS_A, TRANS_B)                                 \
   template <>                                                                                 \
   DEV void wgmma_m64nNk16<N, TRANS_A, TRANS_B, TAG>(float* d, u64 a_desc, u64 b_desc,         \
@@ -207,40 +215,32 @@ DEV void wgmma_m64nNk16(float* d, u64 a_desc, u64 b_desc, bool accumulate, Tag*)
                  : WGMMA_ACCS##G                                                              \
                  : "l"(a_desc), "l"(b_desc), "r"((u32)accumulate));                           \
   }
-#define WGMMA_DEFINE(N, G, TYPE, TAG)       \
+#define WGMMA_DEFINE_K16(N, G, TYPE, TAG)   \
   WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 0, 0) \
   WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 0, 1) \
   WGMMA_DEFINE_MAJOR(N, G, TYPE, TAG, 1, 0)
+#define WGMMA_DEFINE_K32(N, G, TYPE, TAG)                                                    \
+  template <>                                                                                \
+  DEV void wgmma_m64nNk32<N, TAG>(float* d, u64 a_desc, u64 b_desc, bool accumulate, TAG*) { \
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, " WGMMA_PRED##G                       \
+                 ", 0;\n\t"                                                                  \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32." TYPE "." TYPE             \
+                 " {" WGMMA_REGS##G "}, " WGMMA_DESCS##G ", p, 1, 1;\n\t}"                   \
+                 : WGMMA_ACCS##G                                                             \
+                 : "l"(a_desc), "l"(b_desc), "r"((u32)accumulate));                          \
+  }
 
-WGMMA_DEFINE(16, 1, "bf16", Bf16)
-WGMMA_DEFINE(16, 1, "f16", F16)
-WGMMA_DEFINE(32, 2, "bf16", Bf16)
-WGMMA_DEFINE(32, 2, "f16", F16)
-WGMMA_DEFINE(48, 3, "bf16", Bf16)
-WGMMA_DEFINE(48, 3, "f16", F16)
-WGMMA_DEFINE(64, 4, "bf16", Bf16)
-WGMMA_DEFINE(64, 4, "f16", F16)
-WGMMA_DEFINE(80, 5, "bf16", Bf16)
-WGMMA_DEFINE(80, 5, "f16", F16)
-WGMMA_DEFINE(96, 6, "bf16", Bf16)
-WGMMA_DEFINE(96, 6, "f16", F16)
-WGMMA_DEFINE(112, 7, "bf16", Bf16)
-WGMMA_DEFINE(112, 7, "f16", F16)
-WGMMA_DEFINE(128, 8, "bf16", Bf16)
-WGMMA_DEFINE(128, 8, "f16", F16)
-WGMMA_DEFINE(144, 9, "bf16", Bf16)
-WGMMA_DEFINE(144, 9, "f16", F16)
-WGMMA_DEFINE(160, 10, "bf16", Bf16)
-WGMMA_DEFINE(160, 10, "f16", F16)
-WGMMA_DEFINE(176, 11, "bf16", Bf16)
-WGMMA_DEFINE(176, 11, "f16", F16)
-WGMMA_DEFINE(192, 12, "bf16", Bf16)
-WGMMA_DEFINE(192, 12, "f16", F16)
-WGMMA_DEFINE(208, 13, "bf16", Bf16)
-WGMMA_DEFINE(208, 13, "f16", F16)
-WGMMA_DEFINE(224, 14, "bf16", Bf16)
-WGMMA_DEFINE(224, 14, "f16", F16)
-WGMMA_DEFINE(240, 15, "bf16", Bf16)
-WGMMA_DEFINE(240, 15, "f16", F16)
-WGMMA_DEFINE(256, 16, "bf16", Bf16)
-WGMMA_DEFINE(256, 16, "f16", F16)
+// Every N = 16 G (G = 1..16) of one element type: DEFINE(N, G, TYPE, TAG).
+// clang-format off
+#define WGMMA_FOR_EACH_N(DEFINE, TYPE, TAG)                                                  \
+  DEFINE(16, 1, TYPE, TAG)    DEFINE(32, 2, TYPE, TAG)    DEFINE(48, 3, TYPE, TAG)         \
+  DEFINE(64, 4, TYPE, TAG)    DEFINE(80, 5, TYPE, TAG)    DEFINE(96, 6, TYPE, TAG)         \
+  DEFINE(112, 7, TYPE, TAG)   DEFINE(128, 8, TYPE, TAG)   DEFINE(144, 9, TYPE, TAG)        \
+  DEFINE(160, 10, TYPE, TAG)  DEFINE(176, 11, TYPE, TAG)  DEFINE(192, 12, TYPE, TAG)       \
+  DEFINE(208, 13, TYPE, TAG)  DEFINE(224, 14, TYPE, TAG)  DEFINE(240, 15, TYPE, TAG)       \
+  DEFINE(256, 16, TYPE, TAG)
+// clang-format on
+
+WGMMA_FOR_EACH_N(WGMMA_DEFINE_K16, "bf16", Bf16)
+WGMMA_FOR_EACH_N(WGMMA_DEFINE_K16, "f16", F16)
+WGMMA_FOR_EACH_N(WGMMA_DEFINE_K32, "e4m3", E4m3)
