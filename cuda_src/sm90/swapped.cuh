@@ -254,8 +254,9 @@ DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_RO
       const float other = __shfl_xor_sync(0xffffffffu, up ? first : second, 4);
       const float v =
           up ? gated_activation(act, other, second) : gated_activation(act, first, other);
+      using OutT = typename Cfg::OutT;
       const int token = 8 * s + 2 * (lane % 4) + up, feature = 8 * warp + 4 * h + lane / 8;
-      stage_one<typename Cfg::OutT>(staging + token * Cfg::PITCH + feature * ELEM_BYTES, v);
+      stage_one<OutT>(staging + token * Cfg::PITCH + feature * (int)sizeof(OutT), v);
     }
   }
 }
