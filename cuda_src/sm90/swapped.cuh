@@ -244,7 +244,6 @@ template <typename Cfg>
 DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_ROWS / 2], int pass,
                           int rows, const float (&row_bias)[2], const GatedActivation& act,
                           int warp, int lane) {
-  using OutT = typename Cfg::OutT;
   const bool up = (lane / 4) % 2;
 #pragma unroll
   for (int s = 0; s < Cfg::PASS_ROWS / 8; ++s) {
@@ -257,6 +256,7 @@ DEV void stage_pairs_pass(unsigned char* staging, const float (&acc)[Cfg::MAX_RO
       const float other = __shfl_xor_sync(0xffffffffu, up ? first : second, 4);
       const float v =
           up ? gated_activation(act, other, second) : gated_activation(act, first, other);
+      using OutT = typename Cfg::OutT;
       const int token = 8 * s + 2 * (lane % 4) + up, feature = 8 * warp + 4 * h + lane / 8;
       stage_one<OutT>(staging + token * Cfg::PITCH + feature * (int)sizeof(OutT), v);
     }
