@@ -19,6 +19,12 @@ DEV void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
                "r"(bytes)
                : "memory");
 }
+// expect `bytes` more of TMA traffic on `bar` without arriving (a second load into the stage).
+DEV void mbar_expect_tx(u64* bar, u32 bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)),
+               "r"(bytes)
+               : "memory");
+}
 DEV bool mbar_try_wait(u64* bar, u32 parity) {
   u32 done;
   asm volatile(

@@ -77,6 +77,11 @@ DEV void cp_async_16(void* smem_dst, const void* gmem_src, u32 src_bytes) {
                "l"(gmem_src), "r"(src_bytes)
                : "memory");
 }
+// 4-byte global->shared copy (fp8 activation scales staged beside their rows).
+DEV void cp_async_4(void* smem_dst, const void* gmem_src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_u32(smem_dst)), "l"(gmem_src)
+               : "memory");
+}
 DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 DEV void cp_async_wait() {

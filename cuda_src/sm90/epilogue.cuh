@@ -24,6 +24,23 @@ DEV float finish_linear(float acc, float bias, float scale) {
   }
 }
 
+// fp8 outputs (GEMM1's h): the largest magnitude of a fragment row's values across the quad of
+// threads that holds the row (NaN dropped, as fmaxf does), and the row's e4m3 scale from it.
+DEV float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+// The quantiser every fp8 producer shares (quant.cu, moefuse.reference.quantize_groups): values v
+// are stored as e4m3(v * inv) (pack_e4m3x2) and read back as q * scale. IEEE divisions.
+struct E4m3Scale {
+  float scale, inv;
+};
+DEV E4m3Scale e4m3_scale(float amax) {
+  constexpr float E4M3_MAX = 448.0f;
+  amax = fmaxf(amax, 1e-4f);  // an all-zero group's amax
+  return E4m3Scale{amax / E4M3_MAX, E4M3_MAX / amax};
+}
+
 // ---- (2) staging -------------------------------------------------------------------------------
 // Two finished values of consecutive output columns, converted, at `dst`.
 template <typename OutT>

@@ -37,12 +37,24 @@ constexpr int GATHER_ROWS_PER_PASS = 32;  // of a stage, by the 128 producer thr
 constexpr int STAGING_ROW_BYTES = 128;    // epilogue pass: 128 bytes of each of 64 rows
 constexpr int STAGING_PITCH = 128 + 16;   // padded: fragment writes hit distinct banks
 
+// The bias type of an element type's kernels: its own, fp32 for e4m3 (biases converted once by the
+// host, so one fp8 kernel serves bf16 and fp16 activations).
+template <typename Elem>
+struct BiasOf {
+  using T = Elem;
+};
+template <>
+struct BiasOf<E4m3> {
+  using T = float;
+};
+
 // One entry point's geometry. How a BM x BN tile is shared by the consumer warpgroups: each issues
 // m64 x WG_N MMAs on its rows (A) and columns (B) of the stage.
 template <typename Elem_, int BM_, int BN_, int STAGES_, Epilogue EPI_, typename OutT_, bool B_MN_>
 struct Config {
   using Elem = Elem_;
   using OutT = OutT_;
+  using Bias = typename BiasOf<Elem>::T;
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
   static constexpr int BK = Operand<Elem>::BK;  // a stage's K block: one 128-byte row
   static constexpr int ELEM_BYTES = Operand<Elem>::BYTES;
@@ -98,7 +110,7 @@ struct Config {
 
 // The kernel's arguments, as the entry point declares them.
 template <typename Cfg>
-struct Args : PlanArgs<typename Cfg::Elem, typename Cfg::OutT> {
+struct Args : PlanArgs<typename Cfg::Bias, typename Cfg::OutT> {
   const TmaDesc* a_desc;        // GEMM2: h
   const typename Cfg::Elem* x;  // GEMM1
   const TmaDesc* b_desc;
@@ -268,7 +280,7 @@ struct TileRows {
 // up of one feature, else one column each.
 template <typename Cfg, bool HAS_BIAS>
 DEV void stage_pass(const float (&acc)[Cfg::ACC], int pass, int first_col, int N,
-                    const typename Cfg::Elem* __restrict__ expert_bias, const GateArgs& gate,
+                    const typename Cfg::Bias* __restrict__ expert_bias, const GateArgs& gate,
                     const float (&row_scale)[2], unsigned char* staging, int warp, int lane) {
   using OutT = typename Cfg::OutT;
   auto bias = [&](int index, bool ok) {
@@ -320,7 +332,7 @@ DEV void write_tile(const Args<Cfg>& args, const Unit& unit, const ConsumerThrea
   using P = typename Cfg::Pass;
   using OutT = typename Cfg::OutT;
   const int expert = args.tile_expert[unit.m];
-  const typename Cfg::Elem* expert_bias = args.bias && unit.k_begin == 0
+  const typename Cfg::Bias* expert_bias = args.bias && unit.k_begin == 0
                                               ? args.bias + (i64)expert * Cfg::W_ROWS_PER_N * args.N
                                               : nullptr;
   OutT* dst_row[P::STEPS];  // of this thread's write-out rows; null for padding rows

@@ -31,6 +31,19 @@ struct StageTiles {
   }
 };
 
+// StageTiles (TILES) plus, per stage, a slot of SLOT_BYTES after all the B tiles: an fp8 kernel's
+// A-row scales, loaded with the stage's tiles and read by the consumers before they free it.
+template <typename TILES, int SLOT_BYTES_, int STAGES>
+struct ScaledStageTiles : TILES {
+  static constexpr int SLOT_BYTES = SLOT_BYTES_;
+  static constexpr int SLOT_OFFSET = TILES::END;
+  static constexpr int END = SLOT_OFFSET + STAGES * SLOT_BYTES;
+  static_assert(SLOT_BYTES % 128 == 0, "TMA-aligned slots");
+  DEV static float* scales(unsigned char* smem, u32 stage) {
+    return reinterpret_cast<float*>(smem + SLOT_OFFSET + stage * SLOT_BYTES);
+  }
+};
+
 // The ring of STAGES stages between the producer and the consumers: inputs_ready[s] completes once
 // stage s's loads have landed (the producer's arrive_expect_tx and the TMA bytes, plus the arrivals
 // of any cp.async-gathering threads), stage_free[s] once every consumer warp has released it. Each
@@ -207,6 +220,58 @@ DEV void consume(StageRing<STAGES>& ring, float (&acc)[SUBTILES][ACC], int k_beg
     wgmma_wait<0>();  // keeping a batch in flight (wait<1>, the stage freed a batch later)
                       // measured no faster (docs/DESIGN.md D10)
     ring.release(lane);
+  }
+}
+
+// The promotion factors of one K block: (A-row scale x weight scale) for each of the block's GROUPS
+// K groups, of a consumer thread's two fragment rows (accumulator register i: row (i >> 1) & 1)
+// and two column halves (registers below and from ACC / 2: a gated tile's gate and up slices).
+template <int GROUPS>
+struct Promotion {
+  float f[GROUPS][2][2];
+};
+
+// The fp8 main loop (e4m3 operands, both K-major): consume's stage handshake, but each K block's
+// MMA steps run in GROUPS groups, each into the fresh accumulators `acc` (the tensor cores' fp8
+// sums lose precision as K grows: PTX_CRIB section 12), waited for and promoted into the f32
+// registers `final` += factor * acc, the factor being the group's A-row scale times its weight
+// scale. promotion(stage, kb) reads them (the A-row scales from the stage's shared memory) while
+// the first group's MMAs run, before the stage is freed. `final` is zeroed first.
+template <int N, int GROUPS, bool A_GENERIC, int STAGES, int ACC, typename OperandsFn,
+          typename PromotionFn, typename AfterIssue>
+DEV void consume_promoted(StageRing<STAGES>& ring, float (&acc)[ACC], float (&final)[ACC],
+                          int k_begin, int k_end, int lane, OperandsFn&& operands,
+                          PromotionFn&& promotion, AfterIssue&& after_issue) {
+  using Op = Operand<E4m3>;
+  constexpr int STEPS = Op::MMA_STEPS / GROUPS;  // MMA steps per promoted group
+  static_assert(N / 2 == ACC && Op::MMA_STEPS % GROUPS == 0, "whole groups of m64nNk32 MMAs");
+#pragma unroll
+  for (int i = 0; i < ACC; ++i) final[i] = 0.0f;
+  for (int kb = k_begin; kb < k_end; ++kb, ring.advance()) {
+    ring.wait_ready();
+    if (A_GENERIC) fence_proxy_async_smem();  // cp.async wrote A through the generic proxy
+    const Operands at = operands(ring.stage());
+    const u64 a = smem_desc_sw128(at.a), b = smem_desc_sw128(at.b);
+    Promotion<GROUPS> p;
+#pragma unroll
+    for (int g = 0; g < GROUPS; ++g) {
+      wgmma_fence();
+#pragma unroll
+      for (int step = 0; step < STEPS; ++step)
+        wgmma_m64nNk32<N>(acc, smem_desc_advance_kstep(a, g * STEPS + step),
+                          smem_desc_advance_kstep(b, g * STEPS + step), step > 0, (E4m3*)nullptr);
+      wgmma_commit();
+      if (g == 0) {
+        after_issue(kb);
+        p = promotion(ring.stage(), kb);
+      }
+      wgmma_wait<0>();
+      wgmma_fence_operands(acc);
+      if (g == GROUPS - 1) ring.release(lane);
+#pragma unroll
+      for (int i = 0; i < ACC; ++i)
+        final[i] = fmaf(p.f[g][(i >> 1) & 1][i / (ACC / 2)], acc[i], final[i]);
+    }
   }
 }
 

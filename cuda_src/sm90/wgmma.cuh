@@ -27,6 +27,14 @@ struct Operand {
   static constexpr int MMA_STEPS = BK / MMA_K;
 };
 
+// Keeps the compiler from moving reads or writes of accumulators `d` across this point (after
+// wgmma_wait, before registers the MMAs wrote are read in C++). No instruction.
+template <int N>
+DEV void wgmma_fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 // Shared-memory matrix descriptor of a K-major tile written by TMA with SWIZZLE_128B: rows of 128
 // bytes (one K block), 8-row groups 1024 B apart, base 1024-B aligned (base offset 0).
 DEV u64 smem_desc_sw128(const void* tile) {
