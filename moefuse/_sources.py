@@ -36,6 +36,7 @@ MODULES: dict[str, str] = {
     "sm90_swapped_mn_f16": "sm90/swapped_mn_f16.cu",
     "sm90_swapped_wide_mn_bf16": "sm90/swapped_wide_mn_bf16.cu",
     "sm90_swapped_wide_mn_f16": "sm90/swapped_wide_mn_f16.cu",
+    "sm90_grouped_gemm_fp8": "sm90/grouped_gemm_fp8.cu",  # compiled and SASS-checked only (D30)
 }
 # The tags every kernel of a GEMM module carries. A kernel query reads a module only if it names
 # each of them with the same value (modules_needed), so a call compiles only what it may use
@@ -64,6 +65,8 @@ MODULE_TAGS: dict[str, dict[str, str]] = {
         for mn, w in (("", "k"), ("_mn", "mn"))
         for elem in ("bf16", "f16")
     },
+    # e4m3 weights and activations: read only by a query naming elem=e4m3 (no host path yet, D30)
+    "sm90_grouped_gemm_fp8": {"family": "rows", "w": "k", "elem": "e4m3"},
     "quant": {"op": "quantize_rows"},  # fp8 layers only: x to e4m3 before GEMM1 (D30)
 }
 # Modules built on architecture-specific instructions, and the targets that have them.

@@ -73,7 +73,14 @@ def test_portable_gemm_kernels_use_tensor_cores(compiled, arch):
         assert "LDSM" in sass, f"{name} on {arch} does not use ldmatrix"
 
 
-ROW_MAJOR_MODULES = [m for m in _sources.modules_for("sm_90a") if m.startswith("sm90_grouped_gemm")]
+ROW_MAJOR_MODULES = [
+    m
+    for m in _sources.modules_for("sm_90a")
+    if m.startswith("sm90_grouped_gemm") and _sources.MODULE_TAGS[m].get("elem") != "e4m3"
+]
+FP8_MODULES = [
+    m for m in _sources.modules_for("sm_90a") if _sources.MODULE_TAGS.get(m, {}).get("elem") == "e4m3"
+]
 
 
 @pytest.mark.parametrize("module", ROW_MAJOR_MODULES)
@@ -99,6 +106,44 @@ def test_hopper_row_major_kernels_use_wgmma_tma_and_setmaxnreg(compiled, specs, 
         assert wide in sass, f"{name}: epilogue lost its 16-byte global operations"
         if "scatter" in name:
             assert ("F32x4" if name.endswith("f32") else "16x8") in sass, name
+
+
+@pytest.mark.parametrize("module", FP8_MODULES)
+def test_hopper_fp8_kernels_promote_e4m3_mmas_and_quantise_h(compiled, specs, module):
+    """The fp8 row-major kernels (D30, compiled only: no host path launches them yet): e4m3
+    wgmma only, 4 k32 MMAs per 128-deep K block (GEMM2: two promoted groups of 2, each waited
+    for), TMA for B (and GEMM2's h and h_s), x_s beside x's gathered rows, h quantised in GEMM1."""
+    functions = sass_functions(compiled[("sm_90a", module)][0])
+    published = {s.name: s for s in specs["sm_90a"] if s.module == module}
+    assert set(functions) == set(published)
+    ops = sorted((s.tags["op"], s.tags["out"], s["tile_m"], s["tile_n"]) for s in published.values())
+    assert ("gemm1_gated", "e4m3", 128, 128) in ops
+    for tile_m in (128, 64):
+        assert {(op, out) for op, out, m, _ in ops if m == tile_m and op.startswith("gemm2")} >= {
+            ("gemm2_store", "bf16"),
+            ("gemm2_store", "f16"),
+            *(("gemm2_scatter", out) for out in ("bf16", "f16", "f32")),
+        }
+    for name, sass in functions.items():
+        spec = published[name]
+        assert spec.tags["elem"] == "e4m3" and spec["tile_k"] == 128, name
+        wg_n = spec["tile_n"] if spec["tile_m"] == 128 else spec["tile_n"] // 2
+        assert sass.count(f"QGMMA.64x{wg_n}x32.F32.E4M3.E4M3") == 4, f"{name}: not 4 k32 MMAs a block"
+        assert "HGMMA" not in sass, name
+        assert "USETMAXREG.DEALLOC" in sass and "USETMAXREG.TRY_ALLOC" in sass, name
+        assert "STL" not in sass and "LDL" not in sass, f"{name} uses local memory"
+        if spec.tags["op"] == "gemm1_gated":
+            assert spec["a_scale_group"] == 128 and spec["scale_groups"] == 1, name
+            assert "UTMALDG.4D" in sass and "LDGSTS.E.BYPASS.128" in sass, name
+            assert "LDGSTS.E " in sass, f"{name}: x_s is not copied beside x's rows"
+            assert "ARRIVES.LDGSTSBAR" in sass and "FENCE.VIEW.ASYNC.S" in sass, name
+            assert "F2FP.SATFINITE.E4M3" in sass and "SHFL.BFLY" in sass, f"{name}: h not quantised"
+            assert "STG.E.128" in sass, name
+        else:
+            assert spec["a_scale_group"] == 64 and spec["scale_groups"] == 2, name
+            assert "UTMALDG.3D" in sass and sass.count("UTMALDG.2D") >= 2, f"{name}: h, h_s by TMA"
+            assert sass.count("WARPGROUP.DEPBAR") == 2, f"{name}: not two promoted groups a block"
+            assert ("REDG.E.ADD" if spec.tags["op"] == "gemm2_scatter" else "STG.E.128") in sass, name
 
 
 @pytest.mark.parametrize("module", ["sm90_swapped", "sm90_swapped_wide"])
@@ -136,8 +181,8 @@ TEST_SOURCES = Path(__file__).parent / "cuda"
 
 
 def test_e4m3_wgmma_assembles_to_qgmma_at_every_width_without_spills(tmp_path):
-    """No module runs the e4m3 wgmma yet (issue 16, S2): tests/cuda/wgmma_e4m3.cu instantiates
-    wgmma_m64nNk32<N, E4m3> for N = 16..256 over one 128-deep K block (4 k32 steps), so every run
+    """The fp8 module (D30, not launched yet) uses two widths only: tests/cuda/wgmma_e4m3.cu
+    instantiates wgmma_m64nNk32<N, E4m3> for N = 16..256 over one 128-deep K block (4 k32 steps), so every run
     checks that the wrapper assembles, with no spills, to the QGMMA of its width."""
     result = _nvrtc.compile_cubin(
         TEST_SOURCES / "wgmma_e4m3.cu", "sm_90a", _sources.source_root(), "wgmma_e4m3"

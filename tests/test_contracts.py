@@ -31,8 +31,10 @@ def test_contracts_are_complete(specs, arch):
         assert 0 <= spec.smem_bytes <= SMEM_PER_BLOCK, spec.name
         assert "op" in spec.tags, spec.name
         assert len({p.name for p in spec.params}) == len(spec.params), spec.name
-        if spec.tags.get("family") in ("rows", "swapped", "sm80"):
+        if spec.tags.get("family") in ("rows", "swapped", "sm80") and spec.tags["elem"] != "e4m3":
             assert spec.tags["elem"] in ("bf16", "f16") and spec.tags["out"] in ("bf16", "f16", "f32")
+        elif spec.tags.get("family"):  # fp8 (D30): h is e4m3, GEMM2 writes the 16-bit or f32 types
+            assert spec.tags["family"] == "rows" and spec.tags["out"] in ("e4m3", "bf16", "f16", "f32")
 
 
 def test_each_kernel_choice_is_unique(specs):
@@ -96,11 +98,16 @@ FIXED = {
 }
 
 
+def host_launches(spec) -> bool:
+    """Whether the host has a launch path for `spec`: not yet for the fp8 kernels (D30, S8)."""
+    return spec.tags.get("elem") != "e4m3"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_host_passes_exactly_the_gemm_parameters(specs, arch):
     for spec in specs[arch]:
         family = spec.tags.get("family")
-        if family not in FIXED:
+        if family not in FIXED or not host_launches(spec):
             continue
         backend = Sm80 if family == "sm80" else Sm90
         args = backend.arrays(spec, fake_gemm(spec), tma=FakeTma)
@@ -113,7 +120,7 @@ def test_host_passes_exactly_the_gemm_parameters(specs, arch):
 def test_sm90_descriptors_take_the_published_boxes(specs):
     found = {"gate_up": 0, "tile": 0, "weights": 0}
     for spec in specs["sm_90a"]:
-        if spec.tags.get("family") not in ("rows", "swapped"):
+        if spec.tags.get("family") not in ("rows", "swapped") or not host_launches(spec):
             continue
         args = Sm90.arrays(spec, fake_gemm(spec), tma=FakeTma)
         descs = [v for v in args.values() if isinstance(v, tuple)]
@@ -130,6 +137,35 @@ def test_every_kernel_carries_its_modules_tags(specs, arch):
     assert set(_sources.MODULES) - set(_sources.MODULE_TAGS) == {"routing", "permute"}
     for spec in specs[arch]:
         assert spec.matches(_sources.MODULE_TAGS.get(spec.module, {})), spec.name
+
+
+# The fp8 kernels' parameters beyond the 16-bit ones' (D30): what S8's host wiring must pass.
+FP8_SCALE_PARAMS = {"w_scale", "w_scale_rows", "w_scale_k", "w_scale_expert"}
+FP8_A_PARAMS = {
+    "gemm1_gated": {"x", "x_scale", "x_scale_row", "x_scale_k", "h_scale", "h_scale_rows"},
+    "gemm2_store": {"a_desc", "a_scale_desc"},
+    "gemm2_scatter": {"a_desc", "a_scale_desc"},
+}
+
+
+def test_fp8_kernels_declare_their_scales_and_no_16_bit_query_reads_them(specs):
+    fp8 = [s for s in specs["sm_90a"] if s.tags.get("elem") == "e4m3" and s.tags.get("family")]
+    assert fp8 and {s.module for s in fp8} == {"sm90_grouped_gemm_fp8"}
+    for spec in fp8:
+        names = {p.name for p in spec.params}
+        assert FP8_SCALE_PARAMS | FP8_A_PARAMS[spec.tags["op"]] <= names, spec.name
+        assert {p.kind for p in spec.params if p.name in FP8_SCALE_PARAMS} == {"ptr", "i32"}, spec.name
+        assert (
+            spec["smem_bytes"]
+            == spec["scale_slot_bytes"] * spec["stages"]
+            + (spec["tile_m"] + spec["tile_n"]) * 128 * spec["stages"]
+            + 2 * 64 * 144
+            + 16 * spec["stages"]
+        ), spec.name
+    for backend, arch, layout, _ in PREPARED:
+        for elem in ("bf16", "f16"):
+            kind = CallKind(16, 4, 8, 1024, 512, elem, elem, True, backend.reads(layout))
+            assert "sm90_grouped_gemm_fp8" not in _sources.modules_needed(arch, *backend.queries(kind))
 
 
 def test_routing_reads_only_the_modules_every_call_reads():
