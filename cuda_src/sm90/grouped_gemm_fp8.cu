@@ -59,6 +59,11 @@
                          BN, STAGES, ScatterAdd, f32, float, tma, plain)
 
 // Shapes (docs/DESIGN.md D30; stages as deep as shared memory allows, as the 16-bit ones).
+// No m128n256 (accumulators plus promoted values would not fit), no GEMM1 m64n128 (a
+// warpgroup's 32 features would split an h scale group).
 MOEFUSE_SM90_FP8_GEMM1(128, 128, 6)
+MOEFUSE_SM90_FP8_GEMM1(64, 256, 5)
+MOEFUSE_SM90_FP8_GEMM2(128, 64, 8)
 MOEFUSE_SM90_FP8_GEMM2(128, 128, 6)
 MOEFUSE_SM90_FP8_GEMM2(64, 128, 8)
+MOEFUSE_SM90_FP8_GEMM2(64, 256, 5)

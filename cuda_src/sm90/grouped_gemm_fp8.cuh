@@ -90,14 +90,15 @@ DEV void produce_fp8(const Fp8Args<Cfg>& args, const Schedule& sched, unsigned c
         float* slot = Cfg::Tiles::scales(smem, ring.stage());
         if constexpr (Cfg::GATHER_A) {
           // Thread t copies the scale of its rows' (t % 4)-th (padding rows skipped): one copy
-          // per thread (an address per thread keeps the producer within its 40 registers).
+          // per thread, at a 32-bit offset (x_s has < 2^31 elements): the producer's 40
+          // registers hold no more (with copies per row or 64-bit products GEMM1 spills).
           const int i = threadIdx.x % 4;
           int token = -1;
 #pragma unroll
           for (int j = 0; j < Cfg::GATHER_ROWS; ++j) token = i == j ? loads.token[j] : token;
           if (token >= 0)
             cp_async_4(slot + threadIdx.x / 4 + GATHER_ROWS_PER_PASS * i,
-                       args.x_scale + (i64)token * args.x_scale_row + (i64)kb * args.x_scale_k);
+                       args.x_scale + (token * args.x_scale_row + kb * args.x_scale_k));
         } else {
           mbar_expect_tx(ring.ready_bar(), Cfg::SCALE_SLOT_BYTES);
           tma_load_2d(slot, args.a_scale_desc, ring.ready_bar(), m * Cfg::BM, kb * Cfg::GROUPS);
