@@ -197,8 +197,9 @@ class ExpertDims:
     num_local_experts: int
     hidden: int  # H
     intermediate: int  # I
-    dtype: np.dtype
+    dtype: np.dtype  # the activations' (x, and h unless fp8)
     layout: WeightLayout = STANDARD_LAYOUT
+    fp8: Fp8Format | None = None  # fp8 e4m3 weights' scale format (D30); None: weights in `dtype`
 
 
 def check_activations(x) -> tuple[int, int]:

@@ -40,6 +40,17 @@ class CallKind:
     out: str  # the fused output's element type: elem or f32
     fused: bool  # GEMM2 reduces into the output (else it stores rows for the finalize)
     layout: WeightLayout = STANDARD_LAYOUT  # as the backend reads the weights (Backend.reads)
+    weights: str | None = None  # the weights' element type when it is not `elem`: e4m3 (D30)
+
+    @property
+    def kernel_elem(self) -> str:
+        """The GEMM kernels' element tag: the weights' (e4m3, with x and h quantised), else x's."""
+        return self.weights or self.elem
+
+    @property
+    def h_elem(self) -> str:
+        """GEMM1's output (h) element tag: e4m3 on fp8 weights (quantised per 64 of I), else x's."""
+        return self.weights or self.elem
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,11 @@ class GemmArrays:
     zero: object = None  # cleared by GEMM1 on the way
     layout: WeightLayout = STANDARD_LAYOUT  # of `w`
     gate: Mapping[str, object] = field(default_factory=dict)  # a gated GEMM1's activation arguments
+    # fp8 (D30): fp32 scales of `a` (GEMM1: x_s [T, groups of H]; GEMM2: h_s [groups of I, rows]),
+    # of `w` ([E, row blocks, K blocks], per tensor [E, 1, 1]), and GEMM1's h_s, which it writes.
+    a_scale: object = None
+    w_scale: object = None
+    h_scale: object = None
 
 
 class _Backend:
@@ -74,6 +90,7 @@ class _Backend:
     row-major kernels, and the plan's tile_m."""
 
     name = ""
+    fp8 = False  # whether the backend has kernels for fp8 (e4m3) weights
 
     def reads(self, layout: WeightLayout) -> WeightLayout:
         """The layout the backend's kernels read weights stored in `layout` in: the same, or
@@ -84,8 +101,14 @@ class _Backend:
         """Kernel queries that read every module a call of this kind may use, at any T: each GEMM
         in each family that may run its weights (`families`: their tags, the row-major one first)."""
         op2, out2 = _gemm2_op(kind)
-        gemms = (dict(op=_gemm1_op(kind.layout), out=kind.elem), dict(op=op2, out=out2))
-        return [{**tags, **gemm, "elem": kind.elem} for tags in self.families(kind.layout) for gemm in gemms]
+        gemms = (dict(op=_gemm1_op(kind.layout), out=kind.h_elem), dict(op=op2, out=out2))
+        families = self.families(kind.layout)
+        if kind.weights:  # fp8: the row-major family alone (no swapped fp8 kernels yet, D30)
+            families = families[:1]
+        queries = [{**tags, **gemm, "elem": kind.kernel_elem} for tags in families for gemm in gemms]
+        if kind.weights:  # and the pass that quantises x (either group: one module)
+            queries.append(dict(op="quantize_rows", elem=kind.elem))
+        return queries
 
     def tile_ms(self, layout: WeightLayout = STANDARD_LAYOUT, elem: str = "bf16") -> tuple[int, int]:
         """(small, large) M tiles of the backend's row-major kernels for weights stored in
@@ -118,7 +141,7 @@ class _Backend:
                 _configs.clear()
             kernels.prepare(*self.queries(kind))  # one compile pass for every T of this kind's weights
             tile_m = tile_m or self.tile_m(
-                kind.num_tokens, kind.top_k, kind.num_local_experts, kind.layout, kind.elem
+                kind.num_tokens, kind.top_k, kind.num_local_experts, kind.layout, kind.kernel_elem
             )
             config = _configs[key] = self._configure(kind, tile_m)
         return config
@@ -205,6 +228,7 @@ class Sm90(_Backend):
     GEMM1's token rows from x_perm."""
 
     name = "sm90"
+    fp8 = True
     choose_tile_m = staticmethod(heuristics.choose_sm90_tile_m)
 
     def families(self, layout: WeightLayout) -> list[dict[str, str]]:
@@ -218,7 +242,7 @@ class Sm90(_Backend):
     def _swapped_geometries(kind: CallKind) -> list[tuple[str, int]]:
         """heuristics.swapped_launches with the swapped kernels' published numbers, where they
         read the weights' layout (`_swaps`)."""
-        if not _swaps(kind.layout):
+        if kind.weights or not _swaps(kind.layout):  # no swapped fp8 kernels yet (D30)
             return []
         narrow, wide = (
             kernel(family="swapped", geometry=g, op="gemm2_store", elem=kind.elem, w=_w_tag(kind.layout))
@@ -246,7 +270,7 @@ class Sm90(_Backend):
         tags = {
             "family": "rows",
             "op": op,
-            "elem": kind.elem,
+            "elem": kind.kernel_elem,
             "out": out,
             "tile_m": tile_m,
             "w": _w_tag(kind.layout),
@@ -276,7 +300,7 @@ class Sm90(_Backend):
             gemm1, gemm2 = (tuple(self._swapped(kind, g, guard, *op) for g, guard in swapped) for op in ops)
         else:
             op1 = _gemm1_op(kind.layout)
-            gemm1 = (self._rows(kind, tile_m, op1, kind.elem, kind.hidden, kind.inter, 1),)
+            gemm1 = (self._rows(kind, tile_m, op1, kind.h_elem, kind.hidden, kind.inter, 1),)
             out_bytes = 4 if kind.out == "f32" else 2
             splits = heuristics.max_scatter_splits(kind.top_k, out_bytes) if kind.fused else 1
             gemm2 = (self._rows(kind, tile_m, op2, out2, kind.inter, kind.hidden, splits),)
@@ -312,7 +336,34 @@ class Sm90(_Backend):
         a = {"x": g.a} if gemm1 else {"a_desc": tma.tile_desc(g.a, spec["a_box_rows"], tile_k)}
         halves = spec.tags["op"] == "gemm1_gated"
         b_desc = tma.weights_desc(g.w, spec["b_box_rows"], tile_k, halves, g.layout)
-        return dict(args, **a, b_desc=b_desc, tile_expert=plan.tile_expert)
+        args = dict(args, **a, b_desc=b_desc, tile_expert=plan.tile_expert)
+        if spec.tags["elem"] == "e4m3":
+            args.update(_fp8_scales(spec, g, gemm1, tma))
+        return args
+
+
+def _elements(array, axis: int) -> int:
+    """The element stride of `array` along `axis`, 0 where it has one entry (a per-tensor scale's
+    block axes, a per-token x_s's K axis): the kernels then read the same scale throughout."""
+    return 0 if array.shape[axis] == 1 else array.strides[axis] // array.itemsize
+
+
+def _fp8_scales(spec, g: GemmArrays, gemm1: bool, tma) -> dict:
+    """An fp8 kernel's scale arguments (cuda_src/sm90/grouped_gemm_fp8.cuh, Fp8Args): the weights'
+    by strides, GEMM1's x_s by strides and the h_s it writes; GEMM2's h_s by a TMA map of the
+    tile's rows x the K block's groups the kernel publishes."""
+    w_scale = g.w_scale
+    args = dict(
+        w_scale=w_scale,
+        w_scale_expert=_elements(w_scale, 0),
+        w_scale_rows=_elements(w_scale, 1),
+        w_scale_k=_elements(w_scale, 2),
+    )
+    if gemm1:
+        x_scale, h_scale = g.a_scale, g.h_scale
+        args.update(x_scale=x_scale, x_scale_row=_elements(x_scale, 0), x_scale_k=_elements(x_scale, 1))
+        return dict(args, h_scale=h_scale, h_scale_rows=h_scale.strides[0] // h_scale.itemsize)
+    return dict(args, a_scale_desc=tma.scale_desc(g.a_scale, spec["tile_m"], spec["scale_groups"]))
 
 
 def run(launches: tuple[Launch, ...], g: GemmArrays) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from . import _capture, _debug, _validate, backends, kernels, overrides
+import numpy as np
+
+from . import _capture, _debug, _validate, backends, fp8, kernels, overrides
 from ._aliasing import byte_spans, check_device, check_disjoint
 from ._arrays import (
+    ACTIVATION_DTYPES,
+    BFLOAT16,
     FLOAT32,
+    UINT8,
     as_device_array,
     contiguous,
     device_buffer,
@@ -20,6 +25,7 @@ from ._interop import like_input
 from ._validate import ExpertDims, WeightLayout
 from .activation import Activation, as_activation
 from .backends import CallKind, ForwardConfig, GemmArrays, gate_args, run
+from .kernels import cdiv
 from .plan import RoutingPlan, launch_plan, plan_capacity, plan_from_arrays, plan_specs
 from .workspace import ArraySpec, Workspace, layout_bytes
 
@@ -59,17 +65,77 @@ def configure(
         out=kernels.dtype_tag(out_dtype),
         fused=fused,
         layout=backend.reads(dims.layout),
+        weights=None if dims.fp8 is None else "e4m3",
     )
     return backend.configure(kind)
 
 
+def is_fp8(w1, w1_scale=None, w2_scale=None) -> bool:
+    """Whether a layer's weights are fp8: a scale is given, or w1 is float8 (or uint8 bits). Then
+    the fp8 checks name whatever is missing or wrong (weights without scales, scales without fp8
+    weights)."""
+    dtype_name = str(getattr(w1, "dtype", "")).rpartition(".")[2]
+    fp8_dtype = dtype_name.startswith("float8") or dtype_name == "uint8"
+    return w1_scale is not None or w2_scale is not None or fp8_dtype
+
+
+def fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout: WeightLayout, x=None) -> tuple:
+    """fp8 weights and scales as device arrays (float8 as uint8 bits), checked:
+    `(ExpertDims, w1, w2, w1_scale, w2_scale)`, the dims' dtype (the activations', x's at a call)
+    standing in as bf16: the workspace sizes are the same for fp16. Hopper's fp8 kernels read
+    K-major gated weights: transposed ones and relu2 are refused for now (D30)."""
+    if not layout.gated:
+        raise ValueError(
+            "activation: fp8 weights need a gated activation (swiglu, gpt_oss, gelu_tanh); the fp8 "
+            "kernels have no relu2 GEMM1 yet"
+        )
+    if layout.transposed:
+        raise ValueError(
+            "transposed=True: fp8 weights must be K-major (w1 [E, 2I, H], w2 [E, H, I]) for now; "
+            "transpose them (and their scales' last two axes) before building the layer"
+        )
+    w1, w2 = fp8.as_e4m3_device_array(w1, "w1"), fp8.as_e4m3_device_array(w2, "w2")
+    s1, s2 = optional_device_array(w1_scale, "w1_scale"), optional_device_array(w2_scale, "w2_scale")
+    found = _validate.check_fp8_weights(w1, w2, s1, s2, b1, b2, x=x, layout=layout)
+    sizes = (found.num_local_experts, found.hidden, found.intermediate)
+    dims = ExpertDims(*sizes, BFLOAT16, layout, found.format)
+    return dims, w1, w2, s1, s2
+
+
+def require_fp8_backend(backend, dims: ExpertDims) -> None:
+    """fp8 weights run on the Hopper kernels only (no dequantised fallback yet)."""
+    if dims.fp8 is not None and not backend.fp8:
+        raise ValueError(
+            f"w1: fp8 weights need Hopper (sm_90a, the sm90 backend) for now; this call would run "
+            f"the {backend.name} kernels, which read bf16/fp16 weights only (dequantise the "
+            "weights with moefuse.fp8.dequantize_weights to run them there)"
+        )
+
+
+def _x_scale_group(dims: ExpertDims, config: ForwardConfig) -> int:
+    """Values of x per scale: GEMM1's published A-scale group (block format) or the whole row."""
+    return config.gemm1[0].spec["a_scale_group"] if dims.fp8.kind == "block" else dims.hidden
+
+
 def workspace_specs(dims: ExpertDims, num_tokens: int, top_k: int, config: ForwardConfig) -> list[ArraySpec]:
     """The plan, h, x in permuted order where GEMM1 reads it so, GEMM2's rows on the
-    deterministic path, and fp32 router weights (used when the caller's are not)."""
+    deterministic path, and fp32 router weights (used when the caller's are not). fp8 weights
+    (D30): x quantised (x_q e4m3 bits, x_s per group of H), h as e4m3 bits and h_s per group of I
+    (GEMM2's published A-scale group) by permuted row, MN-major for its TMA map."""
     num_local = dims.num_local_experts
     specs = plan_specs(num_tokens, top_k, num_local, config.tile_m)
     rows = plan_capacity(num_tokens, top_k, num_local, config.tile_m).rows
-    specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+    if dims.fp8 is None:
+        specs.append(ArraySpec("h", (rows, dims.intermediate), dims.dtype))
+    else:
+        x_groups = cdiv(dims.hidden, _x_scale_group(dims, config))
+        h_groups = cdiv(dims.intermediate, config.gemm2[0].spec["a_scale_group"])
+        specs += [
+            ArraySpec("x_q", (num_tokens, dims.hidden), UINT8),
+            ArraySpec("x_s", (num_tokens, x_groups), FLOAT32),
+            ArraySpec("h", (rows, dims.intermediate), UINT8),
+            ArraySpec("h_s", (h_groups, rows), FLOAT32),
+        ]
     if config.permutes_x:
         specs.append(ArraySpec("x_perm", (rows, dims.hidden), dims.dtype))
     if not config.fused:
@@ -94,6 +160,9 @@ def workspace_bytes(
         raise ValueError("top_k must be at least 1")
     fused = fused_finalize_enabled(fused_finalize)
     backend = backends.for_device(require_gpu())
+    require_fp8_backend(backend, dims)
+    if dims.fp8 is not None and out_dtype is not None and np.dtype(out_dtype) in ACTIVATION_DTYPES:
+        dims = replace(dims, dtype=np.dtype(out_dtype))  # fp8: x's dtype, told by out_dtype
     out_dtype = _validate.resolve_out_dtype(out_dtype, dims.dtype)
 
     def config(tokens: int) -> ForwardConfig:
@@ -130,6 +199,17 @@ def _permuting_interval(permutes, num_tokens: int) -> tuple[int, int] | None:
     return edge(0, inside), edge(num_tokens + 1, inside)
 
 
+def _float32(array, name: str, capturing: bool):
+    """`array` as fp32 and C-contiguous (a copy where needed, refused under capture)."""
+    if array is None:
+        return None
+    if np.dtype(array.dtype) != FLOAT32:
+        if capturing:
+            _capture.refuse_copy(name, f"is {array.dtype} and the fp8 kernels read float32")
+        array = array.astype(FLOAT32)
+    return contiguous(array, name, capturing)
+
+
 class MoELayer:
     """The expert part of one MoE layer, ready to run.
 
@@ -139,6 +219,13 @@ class MoELayer:
     `interleaved=True`: gate j and up j are at 2j and 2j + 1 of w1's 2I axis (gpt-oss); b1 follows
     w1's order. `activation`: "swiglu", "gpt_oss", "gelu_tanh", "relu2" (not gated: w1 holds I
     rows) or a `moefuse.Activation` with a clamp limit (see there).
+    fp8 weights (Hopper only, not yet run on a GPU; docs/DESIGN.md D30): w1, w2 float8_e4m3fn (or
+    their bits as uint8; torch float8 tensors too) with float32 `w1_scale`, `w2_scale`, `w = q *
+    scale`: per 128 x 128 block of each expert matrix as stored (`[E, ceil(2I/128), ceil(H/128)]`,
+    `[E, ceil(H/128), ceil(I/128)]`) or per expert matrix (`[E]` or `[E, 1, 1]`), both the same
+    format. x (bf16 or fp16, its dtype is the activations') is quantised per token per 128 of H
+    (block) or per token (tensor), h per token per 64 of I. K-major, gated, H % 16 == 0 and
+    I % 64 == 0; biases are kept as float32.
     The layer owns experts `[first_expert, first_expert + E_local)` of `num_experts`
     (default: `first_expert + E_local`); pairs routed elsewhere, or to ids < 0, contribute nothing.
 
@@ -163,20 +250,43 @@ class MoELayer:
         interleaved: bool = False,
         first_expert: int = 0,
         num_experts: int | None = None,
+        w1_scale=None,
+        w2_scale=None,
     ) -> None:
         self.activation = as_activation(activation)
         layout = WeightLayout.of(self.activation, transposed, interleaved)
-        w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
-        self.dims = _validate.check_expert_weights(w1, w2, b1, b2, layout=layout)
+        self.w1_scale = self.w2_scale = None
+        if is_fp8(w1, w1_scale, w2_scale):
+            self.dims, w1, w2, w1_scale, w2_scale = fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout)
+        else:
+            w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
+            self.dims = _validate.check_expert_weights(w1, w2, b1, b2, layout=layout)
         self.device_id = w1.data.device_id
-        check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2)))
+        scales = (("w1_scale", w1_scale), ("w2_scale", w2_scale))
+        check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2), *scales))
         with self._on_device():  # copies of non-contiguous weights go where the weights are
             capturing = _capture.capturing()
             self.w1, self.w2 = contiguous(w1, "w1", capturing), contiguous(w2, "w2", capturing)
-            self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
-            self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
-        self._weight_spans = byte_spans((("w1", self.w1), ("w2", self.w2), ("b1", self.b1), ("b2", self.b2)))
+            if self.dims.fp8 is None:
+                self.b1 = None if b1 is None else contiguous(b1, "b1", capturing)
+                self.b2 = None if b2 is None else contiguous(b2, "b2", capturing)
+            else:  # one fp8 kernel serves bf16 and fp16 x: fp32 biases, scales [E, blocks, blocks]
+                self.b1, self.b2 = (_float32(b, name, capturing) for b, name in ((b1, "b1"), (b2, "b2")))
+                self.w1_scale, self.w2_scale = (
+                    _float32(s, name, capturing).reshape(s.shape[0], -1, s.shape[-1] if s.ndim == 3 else 1)
+                    for s, name in ((w1_scale, "w1_scale"), (w2_scale, "w2_scale"))
+                )
+        self._weight_spans = byte_spans(
+            (
+                ("w1", self.w1),
+                ("w2", self.w2),
+                ("b1", self.b1),
+                ("b2", self.b2),
+                ("w1_scale", self.w1_scale),
+                ("w2_scale", self.w2_scale),
+            )
+        )
         self._gate = gate_args(layout, self.activation, self.dims.intermediate)
         self._read_weights: dict[str, tuple] = {}  # per backend: (w1, w2, layout) as it reads them
         self.first_expert = first_expert
@@ -239,19 +349,28 @@ class MoELayer:
             self._carved = {key: c for key, c in self._carved.items() if c.workspace is not workspace}
         workspace.reserve(nbytes)
 
-    def _carve(self, backend, workspace: Workspace, num_tokens: int, top_k: int, fused: bool, out_dtype):
+    def _carve(
+        self,
+        backend,
+        dims: ExpertDims,
+        workspace: Workspace,
+        num_tokens: int,
+        top_k: int,
+        fused: bool,
+        out_dtype,
+    ):
         """The forward configuration, workspace arrays and routing plan of a call kind, chosen
         once. Kept per kind (up to MAX_CARVED) while the buffer stays: a repeated batch shape
         skips the choice and the layout, which cost more host time than the launches
         (docs/DESIGN.md D12)."""
         own = workspace is self._workspace
-        key = (own, num_tokens, top_k, fused, out_dtype, overrides.current(), backend.name)
+        key = (own, num_tokens, top_k, fused, out_dtype, dims.dtype, overrides.current(), backend.name)
         carved = self._carved.get(key)
         if carved is not None and carved.generation == workspace.generation:
             return carved
-        config = configure(backend, self.dims, num_tokens, top_k, fused, out_dtype)
-        num_local = self.dims.num_local_experts
-        specs = workspace_specs(self.dims, num_tokens, top_k, config)
+        config = configure(backend, dims, num_tokens, top_k, fused, out_dtype)
+        num_local = dims.num_local_experts
+        specs = workspace_specs(dims, num_tokens, top_k, config)
         _validate.check_plan_fits(num_tokens, top_k, num_local, config.tile_m)
         self._grow(workspace, layout_bytes(specs))
         arrays = workspace.carve(specs)
@@ -310,13 +429,17 @@ class MoELayer:
     ):
         """The forward as `(out, [(name, launch), ...])`: calling each `launch()` in order is
         exactly `__call__` (arguments are checked, and the workspace taken, here). For profiling
-        the stages one by one."""
+        the stages one by one. fp8 layers quantise x first (step "quantize")."""
         import cupy
 
         x = as_device_array(x, "x")
         topk_weights = as_device_array(topk_weights, "topk_weights")
         topk_ids = as_device_array(topk_ids, "topk_ids")
-        num_tokens, top_k = _validate.check_moe_inputs(x, topk_weights, topk_ids, self.dims, self.num_experts)
+        dims = self.dims
+        if dims.fp8 is not None:  # the activations' dtype is x's
+            _validate.check_activations(x)
+            dims = replace(dims, dtype=np.dtype(x.dtype))
+        num_tokens, top_k = _validate.check_moe_inputs(x, topk_weights, topk_ids, dims, self.num_experts)
         shape = (num_tokens, self.dims.hidden)
         device_id, capturing = require_gpu(), _capture.capturing()
         if out is not None:
@@ -342,10 +465,11 @@ class MoELayer:
         x, topk_ids = contiguous(x, "x", capturing), contiguous(topk_ids, "topk_ids", capturing)
         convert_weights = topk_weights.dtype != FLOAT32 or not topk_weights.flags.c_contiguous
         backend = backends.for_device(device_id)
+        require_fp8_backend(backend, dims)
         if workspace is not None:
             self._caller_workspace.use(workspace)
         buffer = self._workspace if workspace is None else self._caller_workspace
-        carved = self._carve(backend, buffer, num_tokens, top_k, fused, out.dtype)
+        carved = self._carve(backend, dims, buffer, num_tokens, top_k, fused, out.dtype)
         if capturing and workspace is None:
             self._workspace.hold_for_capture()
         config, arrays, routing = carved.config, carved.arrays, carved.routing
@@ -356,22 +480,32 @@ class MoELayer:
         # configuration says so, a memset otherwise.
         zero = out if config.clears_out else None
         a1 = x if x_perm is None else x_perm
-        gemm1 = GemmArrays(a1, w1, self.b1, routing, h, zero=zero, layout=layout, gate=self._gate)
+        # fp8: GEMM1 reads x quantised (x_q, x_s) and writes h_q with its scales h_s, GEMM2's A.
+        x_s, h_s = arrays.get("x_s"), arrays.get("h_s")
+        scales1 = scales2 = {}
+        if dims.fp8 is not None:
+            a1 = arrays["x_q"]
+            scales1 = dict(a_scale=x_s, w_scale=self.w1_scale, h_scale=h_s)
+            scales2 = dict(a_scale=h_s, w_scale=self.w2_scale)
+        gemm1 = GemmArrays(a1, w1, self.b1, routing, h, zero=zero, layout=layout, gate=self._gate, **scales1)
         steps = []
         if convert_weights:
             steps.append(("weights", lambda: cupy.copyto(weights, topk_weights, casting="unsafe")))
         steps.append(("plan", lambda: launch_plan(topk_ids, routing, arrays)))
         if x_perm is not None:
             steps.append(("gather", lambda: kernels.gather_rows(x, routing, x_perm)))
+        if dims.fp8 is not None:
+            group = "row" if dims.fp8.kind == "tensor" else str(_x_scale_group(dims, config))
+            steps.append(("quantize", lambda: kernels.quantize_rows(x, group, a1, x_s)))
         steps.append(("gemm1", lambda: run(config.gemm1, gemm1)))
         if fused:
             if not config.clears_out:
                 memset = cupy.cuda.runtime.memsetAsync
                 steps.append(("zero_out", lambda: memset(out.data.ptr, 0, out.nbytes, stream_ptr())))
-            gemm2 = GemmArrays(h, w2, self.b2, routing, out, weights, layout=layout)
+            gemm2 = GemmArrays(h, w2, self.b2, routing, out, weights, layout=layout, **scales2)
             steps.append(("gemm2", lambda: run(config.gemm2, gemm2)))
         else:
-            gemm2 = GemmArrays(h, w2, self.b2, routing, y, layout=layout)
+            gemm2 = GemmArrays(h, w2, self.b2, routing, y, layout=layout, **scales2)
             steps += [
                 ("gemm2", lambda: run(config.gemm2, gemm2)),
                 ("finalize", lambda: kernels.finalize(y, routing, weights, out)),
@@ -379,4 +513,4 @@ class MoELayer:
         return out, steps
 
 
-__all__ = ["MoELayer", "fused_finalize_enabled"]
+__all__ = ["MoELayer", "fused_finalize_enabled", "is_fp8"]

@@ -19,7 +19,7 @@ from ._device import require_gpu
 from ._interop import like_input
 from ._validate import WeightLayout
 from .activation import Activation
-from .layer import MoELayer
+from .layer import MoELayer, fp8_weights, is_fp8
 from .layer import workspace_bytes as layer_workspace_bytes
 from .plan import PLAN_ARRAYS, RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
@@ -196,14 +196,21 @@ def workspace_bytes(
     activation: str | Activation = "swiglu",
     transposed: bool = False,
     interleaved: bool = False,
+    w1_scale=None,
+    w2_scale=None,
 ) -> int:
     """Device bytes `fused_moe(x, w1, w2, ..., workspace=buf)` needs for any batch of up to
     `num_tokens` tokens with `top_k` slots, this finalize path and output dtype (`buf.nbytes` must
-    be at least this); the weights' activation and layout as for `fused_moe`.
+    be at least this); the weights' activation and layout (and fp8 scales) as for `fused_moe`.
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
-    force (`moefuse.override`)."""
+    force (`moefuse.override`). fp8 weights: the same for bf16 and fp16 x."""
     layout = WeightLayout.of(activation, transposed, interleaved)
-    dims = _validate.check_expert_weights(as_device_array(w1, "w1"), as_device_array(w2, "w2"), layout=layout)
+    if is_fp8(w1, w1_scale, w2_scale):
+        dims = fp8_weights(w1, w2, None, None, w1_scale, w2_scale, layout)[0]
+    else:
+        dims = _validate.check_expert_weights(
+            as_device_array(w1, "w1"), as_device_array(w2, "w2"), layout=layout
+        )
     return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 
 
@@ -225,21 +232,27 @@ def fused_moe(
     first_expert: int = 0,
     num_experts: int | None = None,
     workspace=None,
+    w1_scale=None,
+    w2_scale=None,
 ):
     """One MoE expert layer: `out[t] = sum_j w[t, j] * (act(x[t] @ w1[e].T + b1[e]) @ w2[e].T + b2[e])`.
 
     See `MoELayer` for the arguments (the activation and the weights' layout among them); this
     builds a layer for one call (no weight copies unless an input is not C-contiguous). Repeated
-    calls with the same weights should hold a `MoELayer`.
+    calls with the same weights should hold a `MoELayer`. fp8 weights with `w1_scale`, `w2_scale`
+    (Hopper only, not yet run on a GPU): see `MoELayer`.
     `workspace`: a device buffer of at least `workspace_bytes(T, k, w1, w2, ...)` bytes; with it
     (and `out=`) nothing is allocated. Under CUDA graph capture it is required: the workspace of a
     one-call layer would be freed while the graph still uses it."""
     primary = x  # as the caller passed it: JAX in, JAX out (moefuse._interop)
     x = as_device_array(x, "x")
-    w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
     b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
     layout = WeightLayout.of(activation, transposed, interleaved)
-    _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout)  # a weight unlike x is named
+    if is_fp8(w1, w1_scale, w2_scale):  # a weight unlike x is named
+        _, w1, w2, w1_scale, w2_scale = fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout, x=x)
+    else:
+        w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
+        _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout)
     if workspace is None and _capture.capturing():
         raise ValueError(
             "fused_moe under CUDA graph capture needs workspace= (a device buffer of "
@@ -257,6 +270,8 @@ def fused_moe(
         interleaved=interleaved,
         first_expert=first_expert,
         num_experts=num_experts,
+        w1_scale=w1_scale,
+        w2_scale=w2_scale,
     )
     result = layer(
         x,

@@ -79,6 +79,10 @@ class FakeTma:
     def weights_desc(w, box_n, tile_k, halves, layout):
         return ("weights", box_n, tile_k)
 
+    @staticmethod
+    def scale_desc(scales, box_rows, groups):
+        return ("scale", box_rows, groups)
+
 
 def fake_gemm(spec) -> GemmArrays:
     """A GEMM's arrays for `spec`, with the activation arguments when it is a gated GEMM1."""
@@ -87,7 +91,11 @@ def fake_gemm(spec) -> GemmArrays:
     plan = SimpleNamespace(**dict.fromkeys(names, array))
     gated = spec.tags["op"].startswith("gemm1_gated")
     gate = gate_args(STANDARD_LAYOUT, Activation(), 8) if gated else {}
-    return GemmArrays(array, array, None, plan, array, topk_weights=array, zero=array, gate=gate)
+    scales = {}
+    if spec.tags["elem"] == "e4m3":  # x_s / h_s, w_scale [E, blocks, blocks], GEMM1's h_s
+        scale = np.zeros((2, 3), dtype=np.float32)
+        scales = dict(a_scale=scale, w_scale=np.zeros((2, 3, 4), np.float32), h_scale=scale)
+    return GemmArrays(array, array, None, plan, array, topk_weights=array, zero=array, gate=gate, **scales)
 
 
 # The arguments a ForwardConfig fixes per family (backends.Sm80._launch, Sm90._rows, Sm90._swapped).
@@ -99,8 +107,8 @@ FIXED = {
 
 
 def host_launches(spec) -> bool:
-    """Whether the host has a launch path for `spec`: not yet for the fp8 kernels (D30, S8)."""
-    return spec.tags.get("elem") != "e4m3"
+    """Whether the host has a launch path for `spec`: every GEMM kernel (fp8 since D30's S8)."""
+    return True
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -118,13 +126,16 @@ def test_host_passes_exactly_the_gemm_parameters(specs, arch):
 
 
 def test_sm90_descriptors_take_the_published_boxes(specs):
-    found = {"gate_up": 0, "tile": 0, "weights": 0}
+    found = {"gate_up": 0, "tile": 0, "weights": 0, "scale": 0}
     for spec in specs["sm_90a"]:
         if spec.tags.get("family") not in ("rows", "swapped") or not host_launches(spec):
             continue
         args = Sm90.arrays(spec, fake_gemm(spec), tma=FakeTma)
-        descs = [v for v in args.values() if isinstance(v, tuple)]
+        descs = [v for v in args.values() if isinstance(v, tuple) and v[0] != "scale"]
         assert all(d[-1] == spec["tile_k"] for d in descs), spec.name
+        if "a_scale_desc" in args:  # fp8 GEMM2: h_s's box is the tile's rows x a K block's groups
+            assert args["a_scale_desc"] == ("scale", spec["tile_m"], spec["scale_groups"]), spec.name
+            found["scale"] += 1
         for d in descs:
             found[d[0]] += 1
     assert all(found.values()), found
@@ -305,3 +316,42 @@ def test_packing_is_by_name_and_fails_loudly():
         spec.pack({"n": 3, "c": 5, "out": None})
     with pytest.raises(_spec.SpecError, match="publishes no 'tile_m'"):
         spec["tile_m"]
+
+
+FP8_KIND = dict(num_local_experts=8, hidden=1024, inter=512, elem="bf16", weights="e4m3")
+
+
+@pytest.mark.parametrize("out", ["bf16", "f32"])
+def test_fp8_call_kinds_prepare_the_fp8_and_quant_modules_and_configure_rows_only(specs, monkeypatch, out):
+    """On a fake Hopper GPU (D30, S8): an fp8 kind's prepare reads the fp8 GEMMs and the quantiser
+    (no 16-bit GEMM, no swapped family), and its configuration at any T picks e4m3 kernels of
+    those modules only: GEMM1 writes e4m3 h, GEMM2 stores x's dtype or scatters into `out`."""
+    read = []
+
+    def catalog(arch, modules):
+        read.append(set(modules))
+        return tuple(s for s in specs[arch] if s.module in modules)
+
+    monkeypatch.setattr(_cache, "catalog", catalog)
+    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
+    monkeypatch.setattr(_device, "device_arch", lambda device_id: "sm_90a")
+    monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
+    monkeypatch.setattr(kernels, "_selected", {})
+    monkeypatch.setattr(kernels, "_prepared", set())
+    monkeypatch.setattr(backends, "_configs", {})
+    for num_tokens in (1, 37, 300, 4096, 16384):
+        for fused in (True, False):
+            kind = CallKind(num_tokens, 4, **FP8_KIND, out=out if fused else "bf16", fused=fused)
+            config = Sm90().configure(kind)
+            assert not config.permutes_x and config.clears_out == fused
+            (gemm1,), (gemm2,) = config.gemm1, config.gemm2
+            assert (
+                gemm1.spec.tags == dict(family="rows", op="gemm1_gated", elem="e4m3", out="e4m3", w="k")
+                and gemm1.spec["tile_m"] == config.tile_m
+            )
+            op2 = "gemm2_scatter" if fused else "gemm2_store"
+            assert gemm2.spec.tags["op"] == op2 and gemm2.spec.tags["elem"] == "e4m3"
+            assert gemm2.spec.tags["out"] == (out if fused else "bf16")
+            assert gemm2.spec["tile_m"] == config.tile_m and gemm2.spec["tile_k"] == 128
+    assert read[0] == set(EVERY_CALL) | {"sm90_grouped_gemm_fp8", "quant"}
+    assert all(later <= read[0] for later in read)

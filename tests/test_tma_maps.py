@@ -77,3 +77,57 @@ def test_swapped_gate_up_groups(encoded, interleaved):
         assert element(dims, strides, (k, r, half, group, e)) == np.ravel_multi_index(
             (e, row, k), array.shape
         )
+
+
+def fake_array(shape, dtype):
+    array = np.empty(shape, dtype=dtype)
+    fake = SimpleNamespace(shape=shape, dtype=array.dtype, size=array.size, data=SimpleNamespace(ptr=0))
+    return fake, array
+
+
+@pytest.fixture
+def encoded_types(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        _tma, "_encode", lambda ptr, dims, strides, box, *rest: calls.append((dims, strides, box, rest))
+    )
+    return calls
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_e4m3_weights_map_has_byte_strides(encoded_types, interleaved):
+    """fp8 weights travel as uint8 bits: strides in bytes of 1-byte elements, a 128-wide K box."""
+    w, array = fake_array((E, 2 * INTER, H), np.uint8)
+    _tma.weights_desc(w, 64, 128, True, WeightLayout(interleaved=interleaved))
+    ((dims, strides, box, rest),) = encoded_types
+    assert rest == ("UINT8",) and dims == (H, INTER, 2, E) and box == (128, 64, 1, 1)
+    byte_strides = (1, *strides)
+    for e, j, half, k in ((0, 0, 1, 5), (2, INTER - 1, 0, H - 1)):
+        row = 2 * j + half if interleaved else half * INTER + j
+        got = sum(c * s for c, s in zip((k, j, half, e), byte_strides, strict=True))
+        assert got == np.ravel_multi_index((e, row, k), array.shape)
+
+
+def test_tile_maps_of_each_element_type(encoded_types):
+    for dtype, name in (
+        (ml_dtypes.bfloat16, "BFLOAT16"),
+        (np.float16, "FLOAT16"),
+        (np.uint8, "UINT8"),
+        (np.float32, "FLOAT32"),
+    ):
+        m, _ = fake_array((256, 96), dtype)
+        _tma.tile_desc(m, 128, 64)
+        dims, strides, box, rest = encoded_types.pop()
+        assert dims == (96, 256) and strides == (96 * np.dtype(dtype).itemsize,) and box == (64, 128)
+        assert rest == (name,)
+    with pytest.raises(TypeError, match="no TMA data type"):
+        _tma.tile_desc(fake_array((4, 4), np.int64)[0], 4, 4)
+
+
+def test_h_scale_map(encoded_types):
+    """h_s [ceil(I/64), rows] f32 seen as (row, group), box (tile rows, groups), unswizzled."""
+    h_s, _ = fake_array((INTER // 8, 256), np.float32)
+    _tma.scale_desc(h_s, 128, 2)
+    ((dims, strides, box, rest),) = encoded_types
+    assert dims == (256, INTER // 8) and strides == (256 * 4,) and box == (128, 2)
+    assert rest == ("FLOAT32", False)
