@@ -292,14 +292,12 @@ class Sm90(_Backend):
         )
 
     def _configure(self, kind: CallKind, tile_m: int) -> ForwardConfig:
-        op2, out2 = _gemm2_op(kind)
+        op1, (op2, out2) = _gemm1_op(kind.layout), _gemm2_op(kind)
         swapped = self._swapped_geometries(kind)
         if swapped:
-            op1 = _gemm1_op(kind.layout)
             ops = ((op1, kind.elem, kind.hidden, kind.inter), (op2, out2, kind.inter, kind.hidden))
             gemm1, gemm2 = (tuple(self._swapped(kind, g, guard, *op) for g, guard in swapped) for op in ops)
         else:
-            op1 = _gemm1_op(kind.layout)
             gemm1 = (self._rows(kind, tile_m, op1, kind.h_elem, kind.hidden, kind.inter, 1),)
             out_bytes = 4 if kind.out == "f32" else 2
             splits = heuristics.max_scatter_splits(kind.top_k, out_bytes) if kind.fused else 1
