@@ -7,6 +7,11 @@ max(FLOPs / matmul ceiling, bytes / copy ceiling) and "%floor" = floor / measure
 Times are medians of CUDA-event timings after warm-up; before each repetition, outside its
 events, L2 is flushed by a memset, and repetitions rotate over several input sets. For small T
 moefuse is timed as CUDA-graph replays (CuPy refuses cuBLAS during capture, so baselines are not).
+--weights fp8 (issue 16) times moefuse's layer over the same random weights quantised to e4m3 with
+fp32 scales per 128 x 128 block (moefuse.fp8.quantize_weights; x stays bf16) against its bf16
+layer and torch._scaled_grouped_mm written out (rowwise fp8, unfused), each checked against the
+bf16 output; the matmul ceiling is then torch._scaled_mm's e4m3 8192^3 (the bf16 one, said in the
+header, where torch cannot run it) and the bytes are the fp8 weights hit + their scales + x + out.
 bf16 conversions, SwiGLU and row gathers run on uint16 views through small ElementwiseKernels, so
 only cupy.matmul must know the bfloat16 dtype; if it does not, the CuPy baseline upcasts to fp32.
 Baselines besides CuPy's, each where installed (none is a dependency; an absent one is skipped
@@ -42,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--shape", action="append", default=[], help=shape_help)
     add("--tokens", default="1,16,128,1024,4096", help="comma-separated token counts T")
     add("--dtype", choices=("bf16", "fp16"), default="bf16")
+    weights_help = "fp8: e4m3 weights with 128 x 128 block scales (x stays --dtype)"
+    add("--weights", choices=("bf16", "fp8"), default="bf16", help=weights_help)
     add("--skew", action="store_true", help="also run skewed routing (half the tokens to expert 0)")
     add("--reps", type=int, default=30, help="timed repetitions; the median is reported")
     add("--warmup", type=int, default=5, help="untimed warm-up calls before timing")

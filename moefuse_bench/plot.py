@@ -42,7 +42,8 @@ def plot(meta: Meta, rows: list[dict[str, Any]], path: str | Path) -> None:
     cases = list(dict.fromkeys(r["case"] for r in measured))
     if not cases:
         raise ValueError("no case was measured: nothing to plot")
-    lines = {"moefuse": "fused_ms", **{name: f"{name}_ms" for name in meta.baselines}}
+    moefuse = "moefuse fp8" if meta.fp8 else "moefuse"
+    lines = {moefuse: "fused_ms", **{name: f"{name}_ms" for name in meta.baselines}}
     c = meta.ceilings
     metrics = (
         ("TFLOP/s", c.matmul_tflops, f"{c.matmul_dtype} matmul ceiling"),
@@ -57,7 +58,7 @@ def plot(meta: Meta, rows: list[dict[str, Any]], path: str | Path) -> None:
             for index, (name, key) in enumerate(lines.items()):  # one colour per implementation
                 points = [(r["T"], v[m]) for r in case_rows if (v := achieved(r, key))]
                 if points:
-                    style = dict(color=f"C{index}", linewidth=2.2 if name == "moefuse" else 1.2)
+                    style = dict(color=f"C{index}", linewidth=2.2 if name == moefuse else 1.2)
                     ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name, **style)
             ax.axhline(ceiling, linestyle="--", color="gray", linewidth=1, label=ceiling_label)
             ax.set_xscale("log", base=2)
@@ -72,5 +73,6 @@ def plot(meta: Meta, rows: list[dict[str, Any]], path: str | Path) -> None:
                 ax.set_title(case)
             ax.legend(fontsize="x-small")
     # one line per fact: a single-case figure is narrow
-    fig.suptitle(f"moefuse bench\n{meta.gpu.name}\n{meta.dtype}, {meta.date}", fontsize="medium")
+    weights = ", fp8 weights" if meta.fp8 else ""
+    fig.suptitle(f"moefuse bench\n{meta.gpu.name}\n{meta.dtype}{weights}, {meta.date}", fontsize="medium")
     fig.savefig(path, dpi=130)

@@ -7,12 +7,15 @@ problems on machines where they then skip.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
+
+from moefuse.fp8 import Fp8Format
 
 from .shapes import Shape
 
@@ -163,6 +166,16 @@ class Inputs(NamedTuple):
     ids: Any
 
 
+def expert_bytes(shape: Shape, elem: int, block_scales: bool = False) -> int:
+    """One expert's w1 and w2: 3*H*I elements of `elem` bytes, and with `block_scales` (fp8
+    weights) their fp32 scales, one per 128 x 128 block as moefuse.fp8's block format stores them."""
+    nbytes = 3 * shape.H * shape.I * elem
+    if block_scales:
+        blocks = Fp8Format("block").scale_shape
+        nbytes += 4 * sum(math.prod(blocks(w)) for w in ((1, 2 * shape.I, shape.H), (1, shape.H, shape.I)))
+    return nbytes
+
+
 @dataclass
 class Case:
     """T tokens of a shape with `sets` input sets (rotated between timed repetitions)."""
@@ -170,9 +183,10 @@ class Case:
     shape: Shape
     T: int
     skew: bool
-    dtype: np.dtype
+    dtype: np.dtype  # x's and out's
     sets: list[Inputs]
     distinct: float  # mean number of distinct experts hit per set (counted on the host)
+    fp8: bool = False  # the weights read are e4m3 with 128 x 128 block scales (bench.py --weights fp8)
 
     @property
     def name(self) -> str:
@@ -184,13 +198,22 @@ class Case:
 
     @property
     def bytes(self) -> float:
-        """The weights of the experts hit (3*H*I elements each), x and out."""
+        """The weights of the experts hit (3*H*I elements each, with fp8 one byte each plus their
+        block scales), x and out."""
         s, elem = self.shape, self.dtype.itemsize
-        return self.distinct * 3 * s.H * s.I * elem + 2 * self.T * s.H * elem
+        weights = expert_bytes(s, 1, block_scales=True) if self.fp8 else expert_bytes(s, elem)
+        return self.distinct * weights + 2 * self.T * s.H * elem
 
 
 def make_case(
-    shape: Shape, T: int, *, dtype: np.dtype, n_sets: int = 1, skew: bool = False, seed: int = 0
+    shape: Shape,
+    T: int,
+    *,
+    dtype: np.dtype,
+    n_sets: int = 1,
+    skew: bool = False,
+    seed: int = 0,
+    fp8: bool = False,
 ) -> Case:
     """Input sets with softmax router weights; x from CuPy's generator, on the current stream."""
     import cupy as cp
@@ -204,7 +227,7 @@ def make_case(
         w = (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
         sets.append(Inputs(randn((T, shape.H), 1.0, dtype), cp.asarray(w), cp.asarray(ids)))
         distinct.append(len(np.unique(ids)))
-    return Case(shape, T, skew, dtype, sets, float(np.mean(distinct)))
+    return Case(shape, T, skew, dtype, sets, float(np.mean(distinct)), fp8)
 
 
 def random_problem(

@@ -167,3 +167,195 @@ def experts_modules(model) -> list:
 
 def output_of(result) -> torch.Tensor:
     return result.logits if hasattr(result, "logits") else result.last_hidden_state
+
+
+def reference_experts(
+    x,
+    ids,
+    weights,
+    w1,
+    w2,
+    b1,
+    b2,
+    kind,
+    alpha,
+    limit,
+    transposed,
+    interleaved,
+    owner,
+    w1_scale=None,
+    w2_scale=None,
+):
+    """moefuse::experts on CPU tensors: moefuse.reference.moe in float64, with the operator's
+    arguments. fp8 weights (scales given) are dequantised from the scales in the formats the GPU
+    layer is built with (`fp8_scales`), which must pass MoELayer's fp8 checks."""
+    import numpy as np
+
+    from moefuse import Activation, _validate, fp8, reference
+    from moefuse.integrations.torch import fp8_scales
+
+    activation = Activation(kind, limit=limit, alpha=alpha)
+    host = [None if t is None else t.detach().double().numpy() for t in (x, weights, b1, b2)]
+    if w1_scale is not None or w2_scale is not None:
+        s1, s2 = (s.numpy() for s in fp8_scales(w1.detach(), w1_scale.detach(), w2_scale.detach()))
+        q1, q2 = (w.detach().view(torch.uint8).numpy() for w in (w1, w2))
+        layout = _validate.WeightLayout.of(activation, transposed, interleaved)
+        _validate.check_fp8_weights(q1, q2, s1, s2, layout=layout)
+        w1_64, w2_64 = fp8.dequantize_weights(q1, s1, np.float64), fp8.dequantize_weights(q2, s2, np.float64)
+    else:
+        w1_64, w2_64 = (w.detach().double().numpy() for w in (w1, w2))
+    x64, weights64, b1_64, b2_64 = host
+    out = reference.moe(
+        x64,
+        w1_64,
+        w2_64,
+        weights64,
+        ids.numpy(),
+        b1_64,
+        b2_64,
+        activation=activation,
+        transposed=transposed,
+        interleaved=interleaved,
+    )
+    return torch.from_numpy(out).to(x.dtype)
+
+
+def fp8_quantizer(block_size=(128, 128), scale_fmt: str = "float"):
+    """transformers' own weight quantiser (`Fp8Quantize`, as FineGrainedFP8 loading runs it) for
+    `FineGrainedFP8Config(weight_block_size=block_size, scale_fmt=scale_fmt)`."""
+    from types import SimpleNamespace
+
+    from transformers import FineGrainedFP8Config
+    from transformers.integrations.finegrained_fp8 import Fp8Quantize
+
+    config = FineGrainedFP8Config(weight_block_size=block_size, scale_fmt=scale_fmt)
+    return config, Fp8Quantize(SimpleNamespace(quantization_config=config))
+
+
+def fill_fp8(module, gate_up, down, block_size=(128, 128), scale_fmt: str = "float") -> None:
+    """Quantise `gate_up [E, 2I, H]` and `down [E, H, I]` into an FP8Experts module's parameters
+    with transformers' Fp8Quantize: per 128 x 128 block, or (block_size None) per expert matrix
+    with gate and up quantised apart (`[E, 2, 1]`), as checkpoints with separate gate and up
+    projections load."""
+    _, quantize = fp8_quantizer(block_size, scale_fmt)
+
+    def quantized(weight):
+        found = quantize._quantize_one("w", weight.detach())
+        assert found["w"].dtype == torch.float8_e4m3fn, "Fp8Quantize left the weight unquantised"
+        return found["w"], found["w_scale_inv"]
+
+    if block_size is None:
+        inter = gate_up.shape[1] // 2
+        halves = [quantized(gate_up[:, :inter]), quantized(gate_up[:, inter:])]
+        gate_up_q, gate_up_s = (torch.cat(parts, dim=1) for parts in zip(*halves, strict=True))
+    else:
+        gate_up_q, gate_up_s = quantized(gate_up)
+    down_q, down_s = quantized(down)
+    with torch.no_grad():
+        for name, value in (
+            ("gate_up_proj", gate_up_q),
+            ("gate_up_proj_scale_inv", gate_up_s),
+            ("down_proj", down_q),
+            ("down_proj_scale_inv", down_s),
+        ):
+            param = getattr(module, name)
+            assert param.shape == value.shape and param.dtype == value.dtype, (name, param, value)
+            param.copy_(value)
+
+
+def dequantized(module, dtype=torch.float64) -> tuple:
+    """(gate_up, down) of an FP8Experts module in `dtype` by transformers' own dequantisation
+    (`Fp8Dequantize`, which reads the block size from the scale grid: shapes divisible by it)."""
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+
+    dequantize = Fp8Dequantize(None)._dequantize_one
+    return tuple(
+        dequantize(getattr(module, name), getattr(module, f"{name}_scale_inv"), output_dtype=dtype)
+        for name in ("gate_up_proj", "down_proj")
+    )
+
+
+def fp8_quantize(model, block_size=(128, 128), scale_fmt: str = "float"):
+    """Replace the model's experts in place with transformers' FP8Experts as FineGrainedFP8
+    loading makes them (`replace_with_fp8_linear`, every other linear left as it is), quantised from
+    the experts' own weights by transformers' Fp8Quantize (`fill_fp8`). Returns a copy of the model
+    as it was, with the experts' weights replaced by what the fp8 ones stand for (dequantised by
+    transformers, rounded to the model's dtype)."""
+    import copy
+
+    from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
+
+    config, _ = fp8_quantizer(block_size, scale_fmt)
+    reference = copy.deepcopy(model)
+    originals = {name: m for name, m in model.named_modules() if name.endswith(".experts")}
+    linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    replace_with_fp8_linear(model, modules_to_not_convert=linears, quantization_config=config)
+    for name, original in originals.items():
+        module = model.get_submodule(name)
+        assert type(module).__name__ == "FP8Experts", f"{name} was not replaced"
+        module.to_empty(device=original.gate_up_proj.device)
+        fill_fp8(module, original.gate_up_proj.float(), original.down_proj.float(), block_size, scale_fmt)
+        gate_up, down = dequantized(module, original.gate_up_proj.dtype)
+        target = reference.get_submodule(name)
+        with torch.no_grad():
+            target.gate_up_proj.copy_(gate_up)
+            target.down_proj.copy_(down)
+    return reference
+
+
+def fp8_experts(
+    block_size=(128, 128),
+    scale_fmt: str = "float",
+    *,
+    experts: int = 4,
+    hidden: int = 256,
+    inter: int = 128,
+    device="cpu",
+    seed: int = 0,
+    fill: bool = True,
+    has_gate: bool = True,
+    activation_scheme: str = "dynamic",
+    **config,
+):
+    """A standalone FP8Experts module (the class as FineGrainedFP8 loading decorates it) with
+    `experts` experts of `hidden` x `inter`, its config's `hidden_act` silu unless `config` says
+    otherwise (`swiglu_alpha`, `swiglu_limit`, `expert_dtype`...); with `fill`, quantised by
+    `fill_fp8` from random weights N(0, 1/fan_in)."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.finegrained_fp8 import ALL_FP8_EXPERTS_FUNCTIONS, FP8Experts
+    from transformers.integrations.moe import use_experts_implementation
+
+    fields = dict(hidden_size=hidden, num_experts=experts, moe_intermediate_size=inter, hidden_act="silu")
+    fields.update(_experts_implementation="moefuse", **config)
+    experts_class = use_experts_implementation(
+        FP8Experts, experts_interface=ALL_FP8_EXPERTS_FUNCTIONS, has_gate=has_gate
+    )
+    module = experts_class(
+        SimpleNamespace(**fields),
+        block_size=block_size,
+        activation_scheme=activation_scheme,
+        scale_fmt=scale_fmt,
+        has_gate=has_gate,
+    ).to(device)
+    if fill:
+        generator = torch.Generator().manual_seed(seed)
+        gate_up = torch.randn(experts, 2 * inter, hidden, generator=generator) / hidden**0.5
+        down = torch.randn(experts, hidden, inter, generator=generator) / inter**0.5
+        fill_fp8(module, gate_up.to(device), down.to(device), block_size, scale_fmt)
+    return module
+
+
+def fp8_experts_reference(module, x, ids, weights) -> torch.Tensor:
+    """An FP8Experts module's output in float64, by transformers' own arithmetic on transformers'
+    own dequantised weights (`dequantized`): `sum_j weights[t, j] * down[e] @ _apply_gate(gate_up[e]
+    @ x[t])` with the module's `_apply_gate`; activations unquantised."""
+    gate_up, down = dequantized(module)
+    x, weights = x.double(), weights.double()
+    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for e in range(gate_up.shape[0]):
+            token, slot = (ids == e).nonzero(as_tuple=True)
+            h = module._apply_gate(x[token] @ gate_up[e].T)
+            out.index_add_(0, token, (h @ down[e].T) * weights[token, slot, None])
+    return out

@@ -14,7 +14,6 @@ import moe_models  # noqa: E402
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS  # noqa: E402
 
 import moefuse  # noqa: E402
-from moefuse import reference  # noqa: E402
 from moefuse.integrations import torch as moefuse_torch  # noqa: E402
 from moefuse.integrations import transformers as integration  # noqa: E402
 
@@ -22,25 +21,7 @@ from moefuse.integrations import transformers as integration  # noqa: E402
 @pytest.fixture(scope="module", autouse=True)
 def reference_kernel():
     """moefuse::experts on CPU tensors: moefuse.reference.moe, with the operator's arguments."""
-
-    def experts_on_cpu(x, ids, weights, w1, w2, b1, b2, kind, alpha, limit, transposed, interleaved, owner):
-        host = [None if t is None else t.detach().double().numpy() for t in (x, weights, w1, w2, b1, b2)]
-        x64, weights64, w1_64, w2_64, b1_64, b2_64 = host
-        out = reference.moe(
-            x64,
-            w1_64,
-            w2_64,
-            weights64,
-            ids.numpy(),
-            b1_64,
-            b2_64,
-            activation=moefuse.Activation(kind, limit=limit, alpha=alpha),
-            transposed=transposed,
-            interleaved=interleaved,
-        )
-        return torch.from_numpy(out).to(x.dtype)
-
-    moefuse_torch.experts.register_kernel("cpu")(experts_on_cpu)
+    moefuse_torch.experts.register_kernel("cpu")(moe_models.reference_experts)
 
 
 def logits(model, ids, implementation: str):

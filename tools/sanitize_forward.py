@@ -1,7 +1,9 @@
 """A small forward through every kernel, for compute-sanitizer (memcheck, racecheck, synccheck,
 initcheck): every Hopper family at both tile heights, both finalize paths and output types, an
 expert-parallel slice, the routers on fp32 and bf16 logits, the caller's workspace, a forward
-captured in a CUDA graph and replayed, and every activation on every weight layout.
+captured in a CUDA graph and replayed, and every activation on every weight layout; on Hopper the
+fp8 layer too (both scale formats, both finalize paths, both tile heights, a graph replay;
+`--fp8` runs that part alone).
 
 compute-sanitizer --tool memcheck python3 tools/sanitize_forward.py
 """
@@ -56,8 +58,33 @@ def layouts(rng, x, weights, ids, experts: int) -> None:
                         layer(x[:8], weights[:8], ids[:8], fused_finalize=False)
 
 
+def fp8_layers(rng, weights, ids, experts: int) -> None:
+    """The fp8 forward (Hopper only): quantiser, GEMM1 with h's scales, GEMM2 reading them by TMA,
+    both formats, fused and stored, 64- and 128-row tiles, fp32 output, a captured replay."""
+    from moefuse import _device, fp8
+
+    if _device.compute_capability(_device.require_gpu()) != (9, 0):
+        return
+    hidden, inter = 320, 192  # H % 128 != 0 (a partial scale block), I % 128 != 0
+    x = cupy.asarray(rng.standard_normal((ids.shape[0], hidden)).astype(ml_dtypes.bfloat16))
+    w1 = (rng.standard_normal((experts, 2 * inter, hidden)) * hidden**-0.5).astype(np.float32)
+    w2 = (rng.standard_normal((experts, hidden, inter)) * inter**-0.5).astype(np.float32)
+    b1 = cupy.asarray(rng.standard_normal((experts, 2 * inter)).astype(np.float32))
+    for fmt in fp8.FORMAT_KINDS:
+        (q1, s1), (q2, s2) = (fp8.quantize_weights(cupy.asarray(w), fmt) for w in (w1, w2))
+        layer = moefuse.MoELayer(q1, q2, b1, w1_scale=s1, w2_scale=s2)
+        for tile_m in (64, 128):
+            with moefuse.override(tile_m=tile_m):
+                for fused in (True, False):
+                    layer(x, weights, ids, fused_finalize=fused)
+                layer(x, weights, ids, out_dtype=np.float32)
+    caller_workspace_and_graph(layer, x, weights, ids)
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fp8", action="store_true", help="the fp8 layer only")
+    only_fp8 = parser.parse_args().fp8
     rng = np.random.default_rng(0)
     bf16 = ml_dtypes.bfloat16
     num_tokens, hidden, inter, experts, top_k = 100, 264, 200, 16, 4
@@ -70,6 +97,11 @@ def main() -> None:
     moefuse.route(cupy.asarray(logits.astype(bf16)), top_k)
     weights, ids = moefuse.route(cupy.asarray(logits), top_k)
     ids[::7, 0] = -1
+    if only_fp8:
+        fp8_layers(rng, weights, ids, experts)
+        cupy.cuda.Device().synchronize()
+        print("sanitize_forward: done")
+        return
     for tile_m in (64, 128):
         moefuse.plan(ids, experts, tile_m=tile_m)
     layer = moefuse.MoELayer(w1[4:12], w2[4:12], b1[4:12], b2[4:12], first_expert=4, num_experts=experts)
@@ -86,6 +118,7 @@ def main() -> None:
             moefuse.MoELayer(w1, w2)(big_x, big_w, many)
     caller_workspace_and_graph(layer, x, weights, ids)
     layouts(rng, x, weights, ids, experts)
+    fp8_layers(rng, weights, ids, experts)
     moefuse.route(cupy.asarray(logits), top_k, method="topk_softmax")
     bias = cupy.asarray(rng.standard_normal(experts).astype(np.float32))
     moefuse.route(

@@ -111,7 +111,8 @@ DEV void produce_fp8(const Fp8Args<Cfg>& args, const Schedule& sched, unsigned c
 
 // GEMM1's epilogue: h = act(gate + b1, up + b1) of the warpgroup's 64 features per row, quantised
 // per row (h_q e4m3 through staging, 16-byte stores; h_s[first_col / 64][p]). Columns >= N are
-// left out of the amax (the bias makes act(0) non-zero) and never stored.
+// left out of the amax (the bias makes act(0) non-zero) and never stored, nor is the scale of a
+// slice wholly past N (the last N tile of m64n256 when I % 128 == 64).
 template <typename Cfg>
 DEV void write_quantised(const Fp8Args<Cfg>& args, const Unit& unit, const ConsumerThread& me,
                          const float (&final)[Cfg::ACC], const TileRows<Cfg>& rows,
@@ -147,7 +148,8 @@ DEV void write_quantised(const Fp8Args<Cfg>& args, const Unit& unit, const Consu
     for (int j8 = 0; j8 < GROUPS8; ++j8)
       *reinterpret_cast<u16*>(row + 8 * j8 + 2 * (me.lane % 4)) =
           pack_e4m3x2(v[j8][0] * s.inv, v[j8][1] * s.inv);
-    if (me.lane % 4 == 0)  // padding rows too: harmless, GEMM2 never writes them
+    // padding rows too (harmless: GEMM2 never writes them); not a warpgroup's slice past N
+    if (me.lane % 4 == 0 && rows.first_col < args.N)
       args.h_scale[(i64)(rows.first_col / Cfg::H_SCALE_GROUP) * args.h_scale_rows + rows.row_base +
                    r] = s.scale;
   }

@@ -4,7 +4,8 @@
     out = moe_experts(x, topk_ids, topk_weights, w1, w2, activation="swiglu")  # [T, H]
 
 `moe_experts` takes `moefuse.fused_moe`'s weights and options as torch tensors, in transformers'
-order (tokens, ids, router weights first). The operator has a fake implementation, so
+order (tokens, ids, router weights first), fp8 weights with their scales included (`fp8_scales`
+says which scales it takes beyond moefuse's own). The operator has a fake implementation, so
 `torch.compile(..., fullgraph=True)` traces through it and `mode="reduce-overhead"` captures it
 in a CUDA graph; only tensors and scalars cross it. Inside, the moefuse layer of each set of
 weights is found in a cache keyed by the weight tensors: built on first use, rebuilt when a
@@ -26,6 +27,8 @@ except ImportError as error:
     raise ImportError(f"moefuse.integrations.torch needs PyTorch (pip install torch): {error}") from error
 
 from ..activation import Activation, as_activation
+from ..fp8 import BLOCK
+from ..kernels import cdiv
 from ..layer import MoELayer
 
 
@@ -46,6 +49,45 @@ class _Entry:
 _LAYERS: dict[tuple, _Entry] = {}
 
 
+def fp8_scales(w1: torch.Tensor, w1_scale: torch.Tensor | None, w2_scale: torch.Tensor | None) -> tuple:
+    """`(w1_scale, w2_scale)` in moefuse's formats (`w = q * scale`, float32, per 128 x 128 block
+    or per expert matrix) for fp8 weights `w1 [E, 2I, H]` (gate rows, then up rows) whose scales
+    torch holds as moefuse takes them, or as transformers' FP8Experts holds them:
+    - float8_e8m0fnu scales (powers of two: `scale_fmt="ue8m0"`) are widened to float32, exactly;
+    - w1_scale `[E, 2, 1]`, one scale for the gate rows and one for the up rows of each expert
+      (FP8Experts without blocks), becomes one per 128 x 128 block, `[E, 2I/128, ceil(H/128)]`,
+      and w2's `[E, 1, 1]` (or `[E]`) likewise `[E, ceil(H/128), ceil(I/128)]` (moefuse takes
+      both in one format): exact where I % 128 == 0, no block then holding gate and up rows (and
+      w2 spans more than one block: moefuse reads `[E, 1, 1]` as one scale per matrix). Otherwise
+      gate and up scales equal in every expert give one scale per expert matrix, and others
+      raise ValueError.
+    Any other scale is returned as it is, for MoELayer's checks. Reads the scales' values (a
+    device sync) only where `[E, 2, 1]` cannot become blocks: call it when building a layer."""
+    e8m0 = getattr(torch, "float8_e8m0fnu", None)
+    s1, s2 = (s.float() if s is not None and s.dtype == e8m0 else s for s in (w1_scale, w2_scale))
+    if s1 is None or s2 is None or w1.ndim != 3 or tuple(s1.shape) != (w1.shape[0], 2, 1):
+        return s1, s2
+    experts, rows, hidden = w1.shape
+    inter = rows // 2
+    if tuple(s2.shape) not in ((experts,), (experts, 1, 1)):
+        raise ValueError(
+            f"w1_scale {tuple(s1.shape)} has one scale per gate and up half of w1 {tuple(w1.shape)}: "
+            f"w2_scale must then have one per expert matrix ([E] or [E, 1, 1]), got {tuple(s2.shape)}"
+        )
+    if inter % BLOCK == 0 and max(hidden, inter) > BLOCK:
+        s1 = s1.repeat_interleave(inter // BLOCK, dim=1).expand(-1, -1, cdiv(hidden, BLOCK))
+        s2 = s2.reshape(experts, 1, 1).expand(-1, cdiv(hidden, BLOCK), cdiv(inter, BLOCK))
+        return s1.contiguous(), s2.contiguous()
+    if torch.equal(s1[:, 0], s1[:, 1]):
+        return s1[:, 0, 0].contiguous(), s2
+    raise ValueError(
+        f"w1_scale {tuple(s1.shape)} has different scales for the gate and up halves of w1 "
+        f"{tuple(w1.shape)}: moefuse takes them as 128 x 128 blocks (w2's scale repeated over its "
+        f"blocks), which needs I a multiple of 128 and w2 larger than one block; got H = {hidden}, "
+        f"I = {inter}"
+    )
+
+
 def _signature(tensor: torch.Tensor | None):
     if tensor is None:
         return None
@@ -57,21 +99,29 @@ def _signature(tensor: torch.Tensor | None):
 def _layer(
     weights: tuple, activation: Activation, transposed: bool, interleaved: bool, top_k: int, owner: str
 ) -> _Entry:
-    """The cached entry for these weight tensors, (re)built when they moved or changed in place:
-    the layer may read copies of them (portable kernels and transposed weights)."""
+    """The cached entry for these weight tensors `(w1, w2, b1, b2, w1_scale, w2_scale)`, (re)built
+    when they moved or changed in place: the layer may read copies of them (portable kernels and
+    transposed weights, fp8 scales converted by `fp8_scales`)."""
     key = (tuple(map(id, weights)), activation, transposed, interleaved, top_k)
     signature = tuple(map(_signature, weights))
     entry = _LAYERS.get(key)
     if entry is not None and entry.signature == signature:
         return entry
-    w1 = weights[0]
+    # detached: DLPack refuses tensors that require grad (a loaded model's parameters), and a
+    # capsule of the parameter itself would keep it alive past its finalizer below
+    w1, w2, b1, b2, s1, s2 = (None if w is None else w.detach() for w in weights)
     try:
+        if s1 is not None or s2 is not None:
+            s1, s2 = fp8_scales(w1, s1, s2)
         # transformers marks a slot routed to another rank's expert with the id E_local and weight
         # 0 (EpRouterParallel): num_experts E_local + 1 makes that id one moefuse skips.
-        # detached: DLPack refuses tensors that require grad (a loaded model's parameters), and a
-        # capsule of the parameter itself would keep it alive past its finalizer below
         layer = MoELayer(
-            *(None if w is None else w.detach() for w in weights),
+            w1,
+            w2,
+            b1,
+            b2,
+            w1_scale=s1,
+            w2_scale=s2,
             activation=activation,
             transposed=transposed,
             interleaved=interleaved,
@@ -112,10 +162,12 @@ def experts(
     transposed: bool,
     interleaved: bool,
     owner: str,
+    w1_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MoE experts on moefuse, on torch's current stream: `[T, H]` for `hidden_states [T, H]`
     routed to `top_k_index [T, k]` (ids outside `[0, E)` skipped) with `top_k_weights [T, k]`.
-    `owner` names the Experts class in errors."""
+    `owner` names the Experts class in errors; scales go with fp8 weights (`fp8_scales`)."""
     import cupy
 
     device = hidden_states.device
@@ -128,7 +180,8 @@ def experts(
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
     with cupy.cuda.Device(device.index), stream:
         activation = Activation(kind, limit=limit, alpha=alpha)
-        entry = _layer((w1, w2, b1, b2), activation, transposed, interleaved, top_k, owner)
+        weights = (w1, w2, b1, b2, w1_scale, w2_scale)
+        entry = _layer(weights, activation, transposed, interleaved, top_k, owner)
         nbytes = entry.workspace_bytes.get((num_tokens, top_k))
         if nbytes is None:
             nbytes = entry.workspace_bytes[num_tokens, top_k] = entry.layer.workspace_bytes(num_tokens, top_k)
@@ -166,10 +219,14 @@ def moe_experts(
     transposed: bool = False,
     interleaved: bool = False,
     owner: str = "moe_experts",
+    w1_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`moefuse.fused_moe` on torch tensors, through the operator: `[T, H]` for `hidden_states
     [T, H]` routed to `top_k_index [T, k]` (ids outside `[0, E)` skipped) with `top_k_weights`;
-    the weights as `moefuse.MoELayer` takes them. `owner` names the caller in errors."""
+    the weights as `moefuse.MoELayer` takes them, fp8 ones (float8_e4m3fn) with `w1_scale` and
+    `w2_scale` as it takes them or as `fp8_scales` converts them. `owner` names the caller in
+    errors."""
     act = as_activation(activation)
     return torch.ops.moefuse.experts(
         # contiguous here, in torch: moefuse's own copy of a strided input is refused under capture
@@ -186,7 +243,9 @@ def moe_experts(
         transposed,
         interleaved,
         owner,
+        w1_scale,
+        w2_scale,
     )
 
 
-__all__ = ["UnsupportedExperts", "experts", "moe_experts"]
+__all__ = ["UnsupportedExperts", "experts", "fp8_scales", "moe_experts"]
