@@ -65,7 +65,7 @@ MODULE_TAGS: dict[str, dict[str, str]] = {
         for mn, w in (("", "k"), ("_mn", "mn"))
         for elem in ("bf16", "f16")
     },
-    # e4m3 weights and activations: read only by a query naming elem=e4m3 (no host path yet, D30)
+    # e4m3 weights and activations: read only by a query naming elem=e4m3 (fp8 layers, D30)
     "sm90_grouped_gemm_fp8": {"family": "rows", "w": "k", "elem": "e4m3"},
     "quant": {"op": "quantize_rows"},  # fp8 layers only: x to e4m3 before GEMM1 (D30)
 }

@@ -46,7 +46,8 @@ ARCH_SUPPORT = (
         "H100, H200 (compute capability 9.0)",
         'Hopper: wgmma + TMA, row-major tiles ("rows") and swapped operands ("swapped"), chosen per '
         "call (cuda_src/sm90); the portable kernels with MOEFUSE_BACKEND=sm80",
-        "run on H100 and H200 (the GPU tests, compute-sanitizer, bench.py; docs/PERF.md)",
+        "run on H100 and H200 (the GPU tests, compute-sanitizer, bench.py; docs/PERF.md); the fp8 "
+        "(e4m3) kernels on H100 only",
     ),
     ArchSupport(
         "sm_100a",

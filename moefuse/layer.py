@@ -219,7 +219,7 @@ class MoELayer:
     `interleaved=True`: gate j and up j are at 2j and 2j + 1 of w1's 2I axis (gpt-oss); b1 follows
     w1's order. `activation`: "swiglu", "gpt_oss", "gelu_tanh", "relu2" (not gated: w1 holds I
     rows) or a `moefuse.Activation` with a clamp limit (see there).
-    fp8 weights (Hopper only, not yet run on a GPU; docs/DESIGN.md D30): w1, w2 float8_e4m3fn (or
+    fp8 weights (Hopper only, run on H100; docs/DESIGN.md D30): w1, w2 float8_e4m3fn (or
     their bits as uint8; torch float8 tensors too) with float32 `w1_scale`, `w2_scale`, `w = q *
     scale`: per 128 x 128 block of each expert matrix as stored (`[E, ceil(2I/128), ceil(H/128)]`,
     `[E, ceil(H/128), ceil(I/128)]`) or per expert matrix (`[E]` or `[E, 1, 1]`), both the same

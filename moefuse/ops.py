@@ -240,7 +240,7 @@ def fused_moe(
     See `MoELayer` for the arguments (the activation and the weights' layout among them); this
     builds a layer for one call (no weight copies unless an input is not C-contiguous). Repeated
     calls with the same weights should hold a `MoELayer`. fp8 weights with `w1_scale`, `w2_scale`
-    (Hopper only, not yet run on a GPU): see `MoELayer`.
+    (Hopper only): see `MoELayer`.
     `workspace`: a device buffer of at least `workspace_bytes(T, k, w1, w2, ...)` bytes; with it
     (and `out=`) nothing is allocated. Under CUDA graph capture it is required: the workspace of a
     one-call layer would be freed while the graph still uses it."""

@@ -81,3 +81,29 @@ def specs(compiled):
     for (arch, module), (path, _) in compiled.items():
         by_arch.setdefault(arch, []).extend(_spec.read_specs(path.read_bytes(), module).values())
     return {arch: tuple(found) for arch, found in by_arch.items()}
+
+
+@pytest.fixture
+def fake_gpu(specs, monkeypatch):
+    """`fake_gpu(arch)`: a GPU of `arch` (132 SMs) whose module catalog is read from `specs`,
+    with the kernel, preparation and configuration memos emptied. Returns the list of module sets
+    the catalog is asked for, in order (a call kind's prepare first)."""
+    from moefuse import _cache, _device, backends, kernels
+
+    def fake(arch: str) -> list[set[str]]:
+        read = []
+
+        def catalog(arch, modules):
+            read.append(set(modules))
+            return tuple(s for s in specs[arch] if s.module in modules)
+
+        monkeypatch.setattr(_cache, "catalog", catalog)
+        monkeypatch.setattr(_device, "require_gpu", lambda: 0)
+        monkeypatch.setattr(_device, "device_arch", lambda device_id: arch)
+        monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
+        monkeypatch.setattr(kernels, "_selected", {})
+        monkeypatch.setattr(kernels, "_prepared", set())
+        monkeypatch.setattr(backends, "_configs", {})
+        return read
+
+    return fake

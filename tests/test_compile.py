@@ -110,7 +110,7 @@ def test_hopper_row_major_kernels_use_wgmma_tma_and_setmaxnreg(compiled, specs, 
 
 @pytest.mark.parametrize("module", FP8_MODULES)
 def test_hopper_fp8_kernels_promote_e4m3_mmas_and_quantise_h(compiled, specs, module):
-    """The fp8 row-major kernels (D30, compiled only: no host path launches them yet): e4m3
+    """The fp8 row-major kernels (D30): e4m3
     wgmma only, 4 k32 MMAs per 128-deep K block (GEMM2: two promoted groups of 2, each waited
     for), TMA for B (and GEMM2's h and h_s), x_s beside x's gathered rows, h quantised in GEMM1."""
     functions = sass_functions(compiled[("sm_90a", module)][0])

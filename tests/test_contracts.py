@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from moefuse import _cache, _device, _sources, _spec, _validate, backends, kernels
+from moefuse import _sources, _spec, _validate, kernels
 from moefuse._validate import STANDARD_LAYOUT, WeightLayout
 from moefuse.activation import Activation
 from moefuse.backends import CallKind, GemmArrays, Sm80, Sm90, gate_args
@@ -187,24 +187,15 @@ def test_routing_reads_only_the_modules_every_call_reads():
 
 
 @pytest.mark.parametrize("arch", _sources.MODULE_ARCHS["quant"])
-def test_quantize_rows_finds_its_kernel_in_the_quant_module_alone(specs, monkeypatch, arch):
+def test_quantize_rows_finds_its_kernel_in_the_quant_module_alone(fake_gpu, arch):
     """kernels.quantize_rows' query (op=quantize_rows) reads the quant module and no GEMM, and
     finds one kernel per element type and group; no other query reads quant."""
-    read = []
-
-    def catalog(arch, modules):
-        read.append(modules)
-        return tuple(s for s in specs[arch] if s.module in modules)
-
-    monkeypatch.setattr(_cache, "catalog", catalog)
-    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
-    monkeypatch.setattr(_device, "device_arch", lambda device_id: arch)
-    monkeypatch.setattr(kernels, "_selected", {})
+    read = fake_gpu(arch)
     for elem in ("bf16", "f16"):
         for group in ("128", "row"):
             spec = kernels.kernel(op="quantize_rows", elem=elem, group=group)
             assert spec.module == "quant" and spec.tags["elem"] == elem and spec.tags["group"] == group
-    assert all(modules == [*EVERY_CALL, "quant"] for modules in read)
+    assert all(modules == {*EVERY_CALL, "quant"} for modules in read)
     for backend, kind in ((Sm80(), call_kind(STANDARD_LAYOUT)), (Sm90(), call_kind(STANDARD_LAYOUT))):
         assert "quant" not in _sources.modules_needed(arch, *backend.queries(kind))
 
@@ -265,23 +256,11 @@ def test_a_call_kind_prepares_only_the_modules_its_weights_may_use(backend, arch
 
 @pytest.mark.parametrize("backend, arch, layout, modules", PREPARED)
 def test_configure_at_any_batch_size_reads_only_the_prepared_modules(
-    specs, monkeypatch, backend, arch, layout, modules
+    fake_gpu, backend, arch, layout, modules
 ):
     """On a fake GPU: the first catalog read of a call kind (the prepare) holds every module that
     its configuration, or another T's, reads later, so a later call compiles nothing."""
-    read = []
-
-    def catalog(arch, modules):
-        read.append(set(modules))
-        return tuple(s for s in specs[arch] if s.module in modules)
-
-    monkeypatch.setattr(_cache, "catalog", catalog)
-    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
-    monkeypatch.setattr(_device, "device_arch", lambda device_id: arch)
-    monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
-    monkeypatch.setattr(kernels, "_selected", {})
-    monkeypatch.setattr(kernels, "_prepared", set())
-    monkeypatch.setattr(backends, "_configs", {})
+    read = fake_gpu(arch)
     families = set()
     for num_tokens in (1, 16, 64, 256, 512, 4096, 16384):
         for fused in (True, False):
@@ -322,23 +301,11 @@ FP8_KIND = dict(num_local_experts=8, hidden=1024, inter=512, elem="bf16", weight
 
 
 @pytest.mark.parametrize("out", ["bf16", "f32"])
-def test_fp8_call_kinds_prepare_the_fp8_and_quant_modules_and_configure_rows_only(specs, monkeypatch, out):
+def test_fp8_call_kinds_prepare_the_fp8_and_quant_modules_and_configure_rows_only(fake_gpu, out):
     """On a fake Hopper GPU (D30, S8): an fp8 kind's prepare reads the fp8 GEMMs and the quantiser
     (no 16-bit GEMM, no swapped family), and its configuration at any T picks e4m3 kernels of
     those modules only: GEMM1 writes e4m3 h, GEMM2 stores x's dtype or scatters into `out`."""
-    read = []
-
-    def catalog(arch, modules):
-        read.append(set(modules))
-        return tuple(s for s in specs[arch] if s.module in modules)
-
-    monkeypatch.setattr(_cache, "catalog", catalog)
-    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
-    monkeypatch.setattr(_device, "device_arch", lambda device_id: "sm_90a")
-    monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
-    monkeypatch.setattr(kernels, "_selected", {})
-    monkeypatch.setattr(kernels, "_prepared", set())
-    monkeypatch.setattr(backends, "_configs", {})
+    read = fake_gpu("sm_90a")
     for num_tokens in (1, 37, 300, 4096, 16384):
         for fused in (True, False):
             kind = CallKind(num_tokens, 4, **FP8_KIND, out=out if fused else "bf16", fused=fused)

@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from moefuse import _cache, _device, backends, kernels, layer
+from moefuse import backends, layer
 from moefuse._validate import STANDARD_LAYOUT, ExpertDims, WeightLayout
 from moefuse.backends import CallKind, GemmArrays, Sm80, Sm90
 from moefuse.fp8 import Fp8Format
@@ -53,16 +53,8 @@ def test_fp8_needs_the_hopper_backend(backend):
 
 
 @pytest.fixture
-def fake_hopper(specs, monkeypatch):
-    monkeypatch.setattr(
-        _cache, "catalog", lambda arch, modules: tuple(s for s in specs[arch] if s.module in modules)
-    )
-    monkeypatch.setattr(_device, "require_gpu", lambda: 0)
-    monkeypatch.setattr(_device, "device_arch", lambda device_id: "sm_90a")
-    monkeypatch.setattr(_device, "multiprocessor_count", lambda device_id: 132)
-    monkeypatch.setattr(kernels, "_selected", {})
-    monkeypatch.setattr(kernels, "_prepared", set())
-    monkeypatch.setattr(backends, "_configs", {})
+def fake_hopper(fake_gpu):
+    fake_gpu("sm_90a")
 
 
 @pytest.mark.parametrize("kind", ["block", "tensor"])

@@ -385,17 +385,26 @@ DEV void consume_tiles(const Args<Cfg>& args, const Schedule& sched, unsigned ch
   });
 }
 
-// The kernel: the stage ring, then the producer warpgroup and the consumers.
-template <typename Cfg>
-DEV void grouped_gemm(const Args<Cfg>& args) {
+// A row-major kernel's body: the stage ring and the schedule, then the producer warpgroup
+// (produce(args, sched, smem, ring)) and the consumers (consume(..., role)). The 16-bit and the
+// fp8 kernels differ in those two only.
+template <typename Cfg, typename A, typename Produce, typename Consume>
+DEV void run_kernel(const A& args, Produce&& produce, Consume&& consume) {
   unsigned char* smem = dynamic_smem();
   StageRing<Cfg::STAGES> ring(smem + Cfg::BARRIER_OFFSET);
   if (threadIdx.x == 0) ring.init(Cfg::GATHER_A ? 1 + WARPGROUP_THREADS : 1);  // + the gatherers
   __syncthreads();
   const Schedule sched = schedule(args);
   run_roles<Cfg::GATHER_A>(
-      args.zero, args.zero_bytes, [&] { produce_tiles(args, sched, smem, ring); },
-      [&](int role) { consume_tiles(args, sched, smem, ring, role); });
+      args.zero, args.zero_bytes, [&] { produce(args, sched, smem, ring); },
+      [&](int role) { consume(args, sched, smem, ring, role); });
+}
+
+// The kernel.
+template <typename Cfg>
+DEV void grouped_gemm(const Args<Cfg>& args) {
+  run_kernel<Cfg>(
+      args, [](auto&&... a) { produce_tiles(a...); }, [](auto&&... a) { consume_tiles(a...); });
 }
 
 }  // namespace rows

@@ -1,6 +1,5 @@
 // The Hopper grouped GEMMs of fp8 e4m3 K-major weights with f32 block (or per-tensor) scales,
-// row-major tiles (grouped_gemm_fp8.cuh; docs/DESIGN.md D30, draft). Compiled and SASS-checked
-// by the CPU tests; no host path launches them yet (issue 16, S8).
+// row-major tiles (grouped_gemm_fp8.cuh; docs/DESIGN.md D30): the fp8 layer's GEMMs.
 #include "grouped_gemm_fp8.cuh"
 
 // An fp8 entry point: the 16-bit one's parameters with the A operand's and the weights' scales.

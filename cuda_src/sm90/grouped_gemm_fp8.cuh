@@ -1,5 +1,5 @@
 // The row-major Hopper grouped GEMMs (grouped_gemm.cuh) on fp8 e4m3 operands with f32 scales
-// (docs/DESIGN.md D30, draft). Weights e4m3 [E, N, K] K-major, w = q * w_scale, one scale per
+// (docs/DESIGN.md D30). Weights e4m3 [E, N, K] K-major, w = q * w_scale, one scale per
 // 128 x 128 block (w_scale [E, ceil(N/128), ceil(K/128)]) or per expert matrix (its strides 0).
 // GEMM1's A is x_q [T, H] gathered by row, x_s per token per 128 of H (or per token: stride 0),
 // produced by quant.cu; GEMM2's A is h_q [rows, I] by TMA, h_s [ceil(I/64), rows] (MN-major) per
@@ -214,17 +214,11 @@ DEV void consume_fp8(const Fp8Args<Cfg>& args, const Schedule& sched, unsigned c
   });
 }
 
-// The kernel: the stage ring, then the producer warpgroup and the consumers.
+// The kernel: the 16-bit kernels' body with the fp8 producer and consumers.
 template <typename Cfg>
 DEV void grouped_gemm_fp8(const Fp8Args<Cfg>& args) {
-  unsigned char* smem = dynamic_smem();
-  StageRing<Cfg::STAGES> ring(smem + Cfg::BARRIER_OFFSET);
-  if (threadIdx.x == 0) ring.init(Cfg::GATHER_A ? 1 + WARPGROUP_THREADS : 1);  // + the gatherers
-  __syncthreads();
-  const Schedule sched = schedule(args);
-  run_roles<Cfg::GATHER_A>(
-      args.zero, args.zero_bytes, [&] { produce_fp8(args, sched, smem, ring); },
-      [&](int role) { consume_fp8(args, sched, smem, ring, role); });
+  run_kernel<Cfg>(
+      args, [](auto&&... a) { produce_fp8(a...); }, [](auto&&... a) { consume_fp8(a...); });
 }
 
 }  // namespace rows
