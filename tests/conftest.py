@@ -107,3 +107,12 @@ def fake_gpu(specs, monkeypatch):
         return read
 
     return fake
+
+
+@pytest.fixture
+def fp8_gpu():
+    """Skips unless this GPU's backend has the fp8 kernels (Hopper, not MOEFUSE_BACKEND=sm80)."""
+    from moefuse import _device, backends
+
+    if not backends.for_device(_device.require_gpu()).fp8:
+        pytest.skip("the fp8 kernels run on Hopper's sm90 backend only for now")

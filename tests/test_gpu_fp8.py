@@ -21,14 +21,6 @@ SHAPES = {
 }
 
 
-@pytest.fixture
-def hopper():
-    from moefuse import _device
-
-    if _device.compute_capability(_device.require_gpu()) != (9, 0):
-        pytest.skip("the fp8 kernels run on Hopper (sm_90a) only for now")
-
-
 def _relative(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
@@ -54,7 +46,7 @@ def run_layer(layer, x, weights, ids, out, fused):
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("out_dtype", [ml_dtypes.bfloat16, np.float32])
 @pytest.mark.parametrize("num_tokens", [1, 37, 300])
-def test_fp8_layer_matches_the_quantised_reference(hopper, rng, shape, fmt, fused, out_dtype, num_tokens):
+def test_fp8_layer_matches_the_quantised_reference(fp8_gpu, rng, shape, fmt, fused, out_dtype, num_tokens):
     """GEMM1's h against the reference's, then the output against the float64 reference from the
     quantised operands: x quantised as the kernel does (bit for bit, test_gpu_fp8_quant.py), the
     dequantised weights, and the kernel's own h. h is an e4m3 rounding of an f32 sum that the tensor

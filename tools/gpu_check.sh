@@ -2,7 +2,7 @@
 # The GPU check, in one device call: install the package, cold/warm start time (and where it goes),
 # the README's commands with the CUDA toolkit hidden (tools/fresh_env_check.sh, as root), every
 # test (GPU ones included), compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on each
-# backend, and a short benchmark.
+# backend (the fp8 layer included on Hopper), and a short benchmark (on Hopper also with fp8 weights).
 # Full logs go to $OUT (default /tmp/moefuse-gpu-check); a compact table is printed last.
 #   tools/gpu_check.sh [bench.py arguments...]
 set -uo pipefail
@@ -50,6 +50,13 @@ done
 step "bench"
 python3 bench.py "$@" --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench_progress.log"
 bench_rc=$?
+fp8_rc=skipped
+if [ "$backends" = "sm80 sm90" ]; then  # Hopper: the fp8 layer's grid too (issue 16)
+  step "bench --weights fp8"
+  python3 bench.py --weights fp8 "$@" --json "$OUT/bench_fp8.json" >"$OUT/bench_fp8.txt" \
+    2>"$OUT/bench_fp8_progress.log"
+  fp8_rc=$?
+fi
 
 echo
 echo "GPU: $gpu    date: $(date -u +%F)"
@@ -60,4 +67,6 @@ cat "$OUT/sanitizer.txt" "$OUT/cold_start.txt" "$OUT/fresh_env.txt"
 echo "bench (rc=$bench_rc):"
 tail -40 "$OUT/bench.txt"
 [ $bench_rc -eq 0 ] || tail -5 "$OUT/bench_progress.log"
+echo "bench --weights fp8 (rc=$fp8_rc):"
+[ "$fp8_rc" = skipped ] || tail -30 "$OUT/bench_fp8.txt"
 exit $tests_rc

@@ -61,9 +61,9 @@ def layouts(rng, x, weights, ids, experts: int) -> None:
 def fp8_layers(rng, weights, ids, experts: int) -> None:
     """The fp8 forward (Hopper only): quantiser, GEMM1 with h's scales, GEMM2 reading them by TMA,
     both formats, fused and stored, 64- and 128-row tiles, fp32 output, a captured replay."""
-    from moefuse import _device, fp8
+    from moefuse import _device, backends, fp8
 
-    if _device.compute_capability(_device.require_gpu()) != (9, 0):
+    if not backends.for_device(_device.require_gpu()).fp8:  # Hopper's kernels (not MOEFUSE_BACKEND=sm80)
         return
     hidden, inter = 320, 192  # H % 128 != 0 (a partial scale block), I % 128 != 0
     x = cupy.asarray(rng.standard_normal((ids.shape[0], hidden)).astype(ml_dtypes.bfloat16))
