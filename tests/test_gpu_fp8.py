@@ -41,12 +41,18 @@ def run_layer(layer, x, weights, ids, out, fused):
     return h_q, h_s
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+# every shape with bf16 x; fp16 x (the same fp8 kernels, the f16 quantiser and outputs) on one
+SHAPE_DTYPES = [(shape, ml_dtypes.bfloat16) for shape in SHAPES] + [("mixtral", np.float16)]
+
+
+@pytest.mark.parametrize("shape, x_dtype", SHAPE_DTYPES)
 @pytest.mark.parametrize("fmt", ["block", "tensor"])
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("out_dtype", [ml_dtypes.bfloat16, np.float32])
+@pytest.mark.parametrize("out_kind", ["x", "f32"])
 @pytest.mark.parametrize("num_tokens", [1, 37, 300])
-def test_fp8_layer_matches_the_quantised_reference(fp8_gpu, rng, shape, fmt, fused, out_dtype, num_tokens):
+def test_fp8_layer_matches_the_quantised_reference(
+    fp8_gpu, rng, shape, x_dtype, fmt, fused, out_kind, num_tokens
+):
     """GEMM1's h against the reference's, then the output against the float64 reference from the
     quantised operands: x quantised as the kernel does (bit for bit, test_gpu_fp8_quant.py), the
     dequantised weights, and the kernel's own h. h is an e4m3 rounding of an f32 sum that the tensor
@@ -56,7 +62,8 @@ def test_fp8_layer_matches_the_quantised_reference(fp8_gpu, rng, shape, fmt, fus
     import cupy
 
     experts, top_k, hidden, inter = SHAPES[shape]
-    x = (rng.standard_normal((num_tokens, hidden))).astype(ml_dtypes.bfloat16)
+    x = (rng.standard_normal((num_tokens, hidden))).astype(x_dtype)
+    out_dtype = x_dtype if out_kind == "x" else np.float32
     w1 = (rng.standard_normal((experts, 2 * inter, hidden)) / np.sqrt(hidden)).astype(ml_dtypes.bfloat16)
     w2 = (rng.standard_normal((experts, hidden, inter)) / np.sqrt(inter)).astype(ml_dtypes.bfloat16)
     b1 = (0.1 * rng.standard_normal((experts, 2 * inter))).astype(np.float32)
@@ -98,7 +105,8 @@ def test_fp8_layer_matches_the_quantised_reference(fp8_gpu, rng, shape, fmt, fus
     whole = _relative(got, reference.moe_fp8(x, w1_q, w1_s, w2_q, w2_s, weights, ids, b1, b2))
     unquantised = _relative(got, reference.moe(x, w1, w2, weights, ids, b1, b2))
     print(
-        f"{shape} {fmt} fused={fused} out={np.dtype(out_dtype)} T={num_tokens}: {error:.2e} vs the "
+        f"{shape} x={np.dtype(x_dtype)} {fmt} fused={fused} out={np.dtype(out_dtype)} T={num_tokens}: "
+        f"{error:.2e} vs the "
         f"quantised reference from the kernel's h, {whole:.2e} with the reference's own h, "
         f"{unquantised:.2e} vs the unquantised bf16 layer (both reported, not bounded)"
     )
