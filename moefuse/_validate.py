@@ -12,6 +12,7 @@ import numpy as np
 
 from ._arrays import ACTIVATION_DTYPES, BFLOAT16, E4M3, FLOAT16, FLOAT32, UINT8
 from .fp8 import Fp8Format
+from .kernels import cdiv
 
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 ROUTE_METHODS = ("softmax", "topk_softmax", "sigmoid")  # route's routers (the kernels' method tags)
@@ -22,10 +23,6 @@ ROW_ALIGNMENT = 8  # elements: rows must be whole 16-byte vectors
 
 def _dtype_name(dtype) -> str:
     return str(np.dtype(dtype))
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _require_ndim(array, ndim: int, name: str, layout: str) -> None:
@@ -310,8 +307,8 @@ def _fp8_scale_format(scale, name: str, weight, weight_name: str, layout: str) -
         return Fp8Format("block")
     fits = ""
     if len(shape) == 3 and shape[0] == experts and min(shape[1:]) > 0:
-        sizes = [_cdiv(n, count) for n, count in ((rows, shape[1]), (cols, shape[2]))]
-        if _cdiv(rows, sizes[0]) == shape[1] and _cdiv(cols, sizes[1]) == shape[2]:
+        sizes = [cdiv(n, count) for n, count in ((rows, shape[1]), (cols, shape[2]))]
+        if cdiv(rows, sizes[0]) == shape[1] and cdiv(cols, sizes[1]) == shape[2]:
             fits = f"; that shape fits blocks of {sizes[0]} x {sizes[1]}, and only 128 x 128 is supported"
     row_name, col_name = _axis_names(layout)
     raise ValueError(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import BFLOAT16, E4M3, FLOAT16, FLOAT32, UINT8, as_device_array
+from .kernels import cdiv
 
 FORMAT_KINDS = ("block", "tensor")
 BLOCK = 128  # weights: 128 x 128 blocks; x: 128 values of H per scale ("block")
@@ -41,10 +42,6 @@ E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-4  # a zero group gets scale 1e-4 / 448 and q = 0 (DeepGEMM's clamp)
 WEIGHT_DTYPES = (BFLOAT16, FLOAT16, FLOAT32)
 OUTPUT_DTYPES = (np.dtype(np.float64), FLOAT32, BFLOAT16, FLOAT16)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class Fp8Format:
         experts, rows, cols = weight_shape
         if self.kind == "tensor":
             return (experts,)
-        return (experts, _cdiv(rows, self.block), _cdiv(cols, self.block))
+        return (experts, cdiv(rows, self.block), cdiv(cols, self.block))
 
     def x_group(self, hidden: int) -> int:
         """Values of x per scale: a block, or the whole row of H (per tensor: one scale per token)."""
@@ -139,7 +136,7 @@ def _quantize_matrix(matrix, fmt: Fp8Format, xp):
     if fmt.kind == "tensor":
         return _quantize(matrix, xp.abs(matrix).max(), xp)
     rows, cols = matrix.shape
-    block_rows, block_cols = _cdiv(rows, fmt.block), _cdiv(cols, fmt.block)
+    block_rows, block_cols = cdiv(rows, fmt.block), cdiv(cols, fmt.block)
     padded = xp.zeros((block_rows * fmt.block, block_cols * fmt.block), np.float32)
     padded[:rows, :cols] = matrix
     tiles = padded.reshape(block_rows, fmt.block, block_cols, fmt.block)

@@ -102,6 +102,16 @@ def fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout: WeightLayout, x=None
     return dims, w1, w2, s1, s2
 
 
+def expert_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout: WeightLayout, x=None) -> tuple:
+    """A layer's weights as device arrays, checked (with `x`: against it, each weight unlike it
+    named): `(ExpertDims, w1, w2, w1_scale, w2_scale)`, by `fp8_weights` where `is_fp8`, else by
+    `check_expert_weights` with no scales."""
+    if is_fp8(w1, w1_scale, w2_scale):
+        return fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout, x=x)
+    w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
+    return _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout), w1, w2, None, None
+
+
 def require_fp8_backend(backend, dims: ExpertDims) -> None:
     """fp8 weights run on the Hopper kernels only (no dequantised fallback yet)."""
     if dims.fp8 is not None and not backend.fp8:
@@ -257,11 +267,7 @@ class MoELayer:
         layout = WeightLayout.of(self.activation, transposed, interleaved)
         b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
         self.w1_scale = self.w2_scale = None
-        if is_fp8(w1, w1_scale, w2_scale):
-            self.dims, w1, w2, w1_scale, w2_scale = fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout)
-        else:
-            w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
-            self.dims = _validate.check_expert_weights(w1, w2, b1, b2, layout=layout)
+        self.dims, w1, w2, w1_scale, w2_scale = expert_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout)
         self.device_id = w1.data.device_id
         scales = (("w1_scale", w1_scale), ("w2_scale", w2_scale))
         check_device(self.device_id, (("w2", w2), ("b1", b1), ("b2", b2), *scales))

@@ -19,7 +19,7 @@ from ._device import require_gpu
 from ._interop import like_input
 from ._validate import WeightLayout
 from .activation import Activation
-from .layer import MoELayer, fp8_weights, is_fp8
+from .layer import MoELayer, expert_weights
 from .layer import workspace_bytes as layer_workspace_bytes
 from .plan import PLAN_ARRAYS, RoutingPlan, launch_plan, plan_from_arrays, plan_specs
 from .workspace import Workspace
@@ -205,12 +205,7 @@ def workspace_bytes(
     Reads only the weights' shapes and dtype; the answer is for this GPU and the kernel choice in
     force (`moefuse.override`). fp8 weights: the same for bf16 and fp16 x."""
     layout = WeightLayout.of(activation, transposed, interleaved)
-    if is_fp8(w1, w1_scale, w2_scale):
-        dims = fp8_weights(w1, w2, None, None, w1_scale, w2_scale, layout)[0]
-    else:
-        dims = _validate.check_expert_weights(
-            as_device_array(w1, "w1"), as_device_array(w2, "w2"), layout=layout
-        )
+    dims = expert_weights(w1, w2, None, None, w1_scale, w2_scale, layout)[0]
     return layer_workspace_bytes(dims, num_tokens, top_k, fused_finalize, out_dtype)
 
 
@@ -248,11 +243,8 @@ def fused_moe(
     x = as_device_array(x, "x")
     b1, b2 = optional_device_array(b1, "b1"), optional_device_array(b2, "b2")
     layout = WeightLayout.of(activation, transposed, interleaved)
-    if is_fp8(w1, w1_scale, w2_scale):  # a weight unlike x is named
-        _, w1, w2, w1_scale, w2_scale = fp8_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout, x=x)
-    else:
-        w1, w2 = as_device_array(w1, "w1"), as_device_array(w2, "w2")
-        _validate.check_expert_weights(w1, w2, b1, b2, x=x, layout=layout)
+    # a weight unlike x is named
+    _, w1, w2, w1_scale, w2_scale = expert_weights(w1, w2, b1, b2, w1_scale, w2_scale, layout, x=x)
     if workspace is None and _capture.capturing():
         raise ValueError(
             "fused_moe under CUDA graph capture needs workspace= (a device buffer of "
