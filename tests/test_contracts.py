@@ -11,6 +11,7 @@ from moefuse._validate import STANDARD_LAYOUT, WeightLayout
 from moefuse.activation import Activation
 from moefuse.backends import CallKind, GemmArrays, Sm80, Sm90, gate_args
 from tests.conftest import ARCHS
+from tests.fake_tma import FakeTma
 
 SMEM_PER_BLOCK = 227 * 1024  # sm_80 (163 KiB) and newer take less or as much: an upper bound
 
@@ -64,26 +65,6 @@ def test_the_same_kernels_on_every_architecture_they_build_for(specs):
     assert not any(s.tags.get("family") in ("rows", "swapped") for s in specs["sm_100a"])
 
 
-class FakeTma:
-    """Stands in for moefuse._tma (which needs a driver): records the boxes asked for."""
-
-    @staticmethod
-    def tile_desc(matrix, box_rows, box_cols):
-        return ("tile", box_rows, box_cols)
-
-    @staticmethod
-    def gate_up_groups_desc(w1, groups, group, box_cols, interleaved):
-        return ("gate_up", groups, group, box_cols)
-
-    @staticmethod
-    def weights_desc(w, box_n, tile_k, halves, layout):
-        return ("weights", box_n, tile_k)
-
-    @staticmethod
-    def scale_desc(scales, box_rows, groups):
-        return ("scale", box_rows, groups)
-
-
 def fake_gemm(spec) -> GemmArrays:
     """A GEMM's arrays for `spec`, with the activation arguments when it is a gated GEMM1."""
     array = np.zeros(16, dtype=np.uint8)
@@ -106,16 +87,11 @@ FIXED = {
 }
 
 
-def host_launches(spec) -> bool:
-    """Whether the host has a launch path for `spec`: every GEMM kernel (fp8 since D30's S8)."""
-    return True
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_host_passes_exactly_the_gemm_parameters(specs, arch):
     for spec in specs[arch]:
         family = spec.tags.get("family")
-        if family not in FIXED or not host_launches(spec):
+        if family not in FIXED:
             continue
         backend = Sm80 if family == "sm80" else Sm90
         args = backend.arrays(spec, fake_gemm(spec), tma=FakeTma)
@@ -128,13 +104,14 @@ def test_host_passes_exactly_the_gemm_parameters(specs, arch):
 def test_sm90_descriptors_take_the_published_boxes(specs):
     found = {"gate_up": 0, "tile": 0, "weights": 0, "scale": 0}
     for spec in specs["sm_90a"]:
-        if spec.tags.get("family") not in ("rows", "swapped") or not host_launches(spec):
+        if spec.tags.get("family") not in ("rows", "swapped"):
             continue
         args = Sm90.arrays(spec, fake_gemm(spec), tma=FakeTma)
         descs = [v for v in args.values() if isinstance(v, tuple) and v[0] != "scale"]
         assert all(d[-1] == spec["tile_k"] for d in descs), spec.name
         if "a_scale_desc" in args:  # fp8 GEMM2: h_s's box is the tile's rows x a K block's groups
-            assert args["a_scale_desc"] == ("scale", spec["tile_m"], spec["scale_groups"]), spec.name
+            box = (fake_gemm(spec).a_scale.shape, spec["tile_m"], spec["scale_groups"])
+            assert args["a_scale_desc"] == ("scale", *box), spec.name
             found["scale"] += 1
         for d in descs:
             found[d[0]] += 1
