@@ -171,13 +171,14 @@ DEV void consume_fp8(const Fp8Args<Cfg>& args, const Schedule& sched, unsigned c
   float acc[Cfg::ACC], final[Cfg::ACC];
   for_each_unit(sched, [&](const Unit& unit) {
     TileRows<Cfg> rows(args, unit, me);
-    // The weight scales of this slice's rows (gated: its gate rows, then its up rows), per kb.
+    // The weight scales of this slice's rows (gated: its gate rows, then its up rows), per kb. A
+    // slice wholly past N (the last N tile of m64n256 when I % 128 == 64) reads the last column's,
+    // rows that exist, for sums never stored (its own would lie past w_scale's end: initcheck).
+    const int col = min(rows.first_col, args.N - 1);
     const float* w_scale[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int w_row = Cfg::GATED
-                            ? rows.first_col * args.gate.gate_up_step + h * args.gate.up_offset
-                            : rows.first_col;
+      const int w_row = Cfg::GATED ? col * args.gate.gate_up_step + h * args.gate.up_offset : col;
       w_scale[h] = args.w_scale + (i64)args.tile_expert[unit.m] * args.w_scale_expert +
                    (i64)(w_row / 128) * args.w_scale_rows;
     }
