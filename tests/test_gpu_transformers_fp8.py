@@ -7,8 +7,12 @@ implementation where it can run. Written before it ran on a GPU.
 Tolerances. moefuse quantises x per token per 128 values of H and h per 64 of I to e4m3 (3
 mantissa bits: each value off by up to 2^-4 of itself), and rounds out to bf16. Measured in numpy
 simulations of these shapes (moefuse's recipe through `reference.moe_fp8`, rounded to bf16):
-- against moefuse's float64 reference from the same quantised operands (`reference.moe_fp8`, issue
-  16's layer bound): the bf16 rounding of out alone is 1.6e-3: QUANTISED_TOL 5e-3;
+- against moefuse's float64 reference from the same quantised operands (`reference.moe_fp8`): the
+  bf16 rounding of out alone is 1.6e-3, but that reference computes its own h, and an h value near
+  an e4m3 rounding boundary rounds either way on the tensor cores (docs/DESIGN.md D30, point 7):
+  measured on an H100, 2.5e-3 to 4.8e-3, and once 1.1e-2 at T = 1, where one flipped h byte weighs
+  most: QUANTISED_TOL 2e-2. The issue's 5e-3, against a reference fed the kernel's own h,
+  is tests/test_gpu_fp8.py's; here a wrong scale, block or half would be off by O(1);
 - against float64 from transformers' dequantised weights with unquantised activations
   (`moe_models.fp8_experts_reference`, transformers' own arithmetic), the activations'
   quantisation: mean 4.25e-2 (standard deviation 8e-4) at T = 64 and above, mean 4.3e-2 (std
@@ -46,7 +50,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU"),
 ]
 
-QUANTISED_TOL = 5e-3
+QUANTISED_TOL = 2e-2
 REFERENCE_TOL = 6e-2  # 8e-2 below 16 tokens
 LOGITS_TOL = 6e-2
 BETWEEN_TOL = 1e-1
