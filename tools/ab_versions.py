@@ -2,7 +2,8 @@
 
     tools/prepare_before.sh REV build/before    # REV's package as build/before/moefuse_before
     python tools/ab_versions.py --before build/before [--shape mixtral,deepseek,qwen3]
-        [--tokens 1,16,128,1024,4096,16384] [--rounds 5] [--reps 20] [--sets 4] [--json FILE]
+        [--tokens 1,16,128,1024,4096,16384] [--weights bf16|fp8] [--rounds 5] [--reps 20]
+        [--sets 4] [--json FILE]
 
 DIR holds a copy of an older package renamed `moefuse_before` (relative imports only) and its
 `cuda_src` beside it, where the old package looks for its sources. Both packages build a MoELayer
@@ -34,6 +35,7 @@ from typing import Any
 import cupy as cp
 
 import moefuse
+from moefuse.fp8 import quantize_weights
 from moefuse_bench.device import free_pools, short
 from moefuse_bench.dtypes import rel_err
 from moefuse_bench.problems import DTYPES, make_case, random_weights
@@ -102,6 +104,15 @@ def time_case(layers: dict[str, Any], shape: Shape, tokens: int, stream, flush: 
     )
 
 
+def expert_layer(package: ModuleType, w1, w2, weights: str) -> Any:
+    """`package`'s layer over w1, w2, or with fp8 `weights` over their block-scaled e4m3 form (as
+    bench.py --weights fp8 quantises them, with the current package's quantiser)."""
+    if weights == "bf16":
+        return package.MoELayer(w1, w2)
+    (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
+    return package.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2)
+
+
 def host_us(layer, case, out, stream, calls: int) -> float | None:
     """Microseconds the host spends issuing one eager forward: `calls` back to back, no sync."""
     if not calls:
@@ -125,6 +136,7 @@ def parse_args() -> argparse.Namespace:
     add("--shape", action="append", default=[], help=f"{NAMES_HELP} (default: the three names)")
     add("--tokens", default="1,16,128,1024,4096,16384", help="comma-separated token counts T")
     add("--dtype", choices=tuple(DTYPES), default="bf16")
+    add("--weights", choices=("bf16", "fp8"), default="bf16", help="fp8: e4m3 with 128 x 128 block scales")
     add("--rounds", type=int, default=5, help="alternating rounds per case")
     add("--reps", type=int, default=20, help="timed forwards per round and package")
     add("--sets", type=int, default=4, help="input sets rotated between repetitions")
@@ -162,7 +174,7 @@ def main() -> int:
             w1, w2 = random_weights(shape, DTYPES[args.dtype])
             order = ("after", "before") if args.after_first else ("before", "after")
             packages = {"before": before, "after": moefuse}
-            layers = {name: packages[name].MoELayer(w1, w2) for name in order}
+            layers = {name: expert_layer(packages[name], w1, w2, args.weights) for name in order}
             for T in args.tokens:
                 try:
                     r = time_case(layers, shape, T, stream, flush, args)
