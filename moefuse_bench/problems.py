@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from moefuse.fp8 import Fp8Format
+from moefuse.fp8 import Fp8Format, quantize_weights
 
 from .shapes import Shape
 
@@ -231,15 +231,27 @@ def make_case(
 
 
 def random_problem(
-    shape: Shape, T: int, *, skew: bool = False, dtype: np.dtype = DTYPES["bf16"], n_sets: int = 1
+    shape: Shape,
+    T: int,
+    *,
+    skew: bool = False,
+    dtype: np.dtype = DTYPES["bf16"],
+    n_sets: int = 1,
+    fp8: bool = False,
 ) -> tuple[moefuse.MoELayer, Case]:
-    """A layer over random weights and a case to run it on, for the tools. The device is synced
+    """A layer over random weights (with `fp8`, their e4m3 form with 128 x 128 block scales, as
+    bench.py --weights fp8 makes it) and a case to run it on, for the tools. The device is synced
     at the end: the arrays were made on the current stream, the tools time on their own."""
     import cupy as cp
 
     import moefuse
 
-    layer = moefuse.MoELayer(*random_weights(shape, dtype))
+    w1, w2 = random_weights(shape, dtype)
+    if fp8:
+        (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
+        layer = moefuse.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2)
+    else:
+        layer = moefuse.MoELayer(w1, w2)
     case = make_case(shape, T, dtype=dtype, n_sets=n_sets, skew=skew)
     cp.cuda.Device().synchronize()
     return layer, case

@@ -1,7 +1,7 @@
 """Run a few forwards of one shape (for profilers: ncu --kernel-name ... python3 tools/forward_once.py).
 
 python tools/forward_once.py [--shape mixtral|H,I,E,k|HxIxExk] [--tokens T] [--iters 2]
-    [--unfused] [--skew] [--family auto|rows|swapped|wide]
+    [--unfused] [--skew] [--weights bf16|fp8] [--family auto|rows|swapped|wide]
 """
 
 import cupy as cp
@@ -16,9 +16,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--unfused", action="store_true")
     parser.add_argument("--skew", action="store_true", help="bench.py's skewed routing")
+    parser.add_argument("--weights", choices=("bf16", "fp8"), default="bf16", help="fp8: 128 x 128 blocks")
     add_family_argument(parser)
     args = parser.parse_args()
-    layer, case = random_problem(args.shape, args.tokens, skew=args.skew)
+    layer, case = random_problem(args.shape, args.tokens, skew=args.skew, fp8=args.weights == "fp8")
     with forced(**family_override(args.family)):
         for _ in range(args.iters):
             layer(*case.sets[0], fused_finalize=not args.unfused)
