@@ -2,7 +2,7 @@
 on Hopper: FP8Experts modules quantised by transformers' own Fp8Quantize (blocks of 128 x 128 with
 float32 or ue8m0 scales, and per tensor with separate gate and up scales), a standalone module and
 a tiny Qwen3-MoE model, against float64 references and against transformers' own fp8 experts
-implementation where it can run. Written before it ran on a GPU.
+implementation where it can run. Run on an H100 (docs/PERF.md, fp8, session 14).
 
 Tolerances. moefuse quantises x per token per 128 values of H and h per 64 of I to e4m3 (3
 mantissa bits: each value off by up to 2^-4 of itself), and rounds out to bf16. Measured in numpy
