@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ml_dtypes
@@ -230,6 +231,15 @@ def make_case(
     return Case(shape, T, skew, dtype, sets, float(np.mean(distinct)), fp8)
 
 
+def expert_layer(package: ModuleType, w1, w2, *, fp8: bool = False) -> Any:
+    """`package`'s MoELayer (moefuse, or an older copy under A/B) over w1, w2, or with `fp8` over
+    their e4m3 form with 128 x 128 block scales: bench.py --weights fp8's layer."""
+    if not fp8:
+        return package.MoELayer(w1, w2)
+    (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
+    return package.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2)
+
+
 def random_problem(
     shape: Shape,
     T: int,
@@ -246,12 +256,7 @@ def random_problem(
 
     import moefuse
 
-    w1, w2 = random_weights(shape, dtype)
-    if fp8:
-        (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
-        layer = moefuse.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2)
-    else:
-        layer = moefuse.MoELayer(w1, w2)
+    layer = expert_layer(moefuse, *random_weights(shape, dtype), fp8=fp8)
     case = make_case(shape, T, dtype=dtype, n_sets=n_sets, skew=skew)
     cp.cuda.Device().synchronize()
     return layer, case

@@ -18,13 +18,11 @@ from typing import Any
 
 import cupy as cp
 
-from moefuse.fp8 import quantize_weights
-
 from . import baselines as bl
 from . import ceilings as ceil
 from .device import GiB, GpuInfo, free_pools, gpu_info, gpu_state, log, short
 from .dtypes import BF16, rel_err
-from .problems import DTYPES, Case, expert_bytes, make_case, random_weights
+from .problems import DTYPES, Case, expert_bytes, expert_layer, make_case, random_weights
 from .report import Meta, fmt
 from .shapes import Shape
 from .timing import L2Flush, Timing, forward_runner, layer_step_samples, median_ms, medians
@@ -85,8 +83,7 @@ def shape_layer(moefuse: ModuleType, shape: Shape, dtype: Any, fp8: bool, max_to
     w1, w2 = random_weights(shape, dtype)
     sl = ShapeLayer(w1, w2, moefuse.MoELayer(w1, w2, activation="swiglu"))
     if fp8:
-        (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
-        sl = dataclasses.replace(sl, fp8=moefuse.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2))
+        sl = dataclasses.replace(sl, fp8=expert_layer(moefuse, w1, w2, fp8=True))
     for layer in (sl.layer, sl.fp8):
         if layer is not None:
             layer.reserve(max_tokens, shape.k, fused_finalize=False)

@@ -35,10 +35,9 @@ from typing import Any
 import cupy as cp
 
 import moefuse
-from moefuse.fp8 import quantize_weights
 from moefuse_bench.device import free_pools, short
 from moefuse_bench.dtypes import rel_err
-from moefuse_bench.problems import DTYPES, make_case, random_weights
+from moefuse_bench.problems import DTYPES, expert_layer, make_case, random_weights
 from moefuse_bench.shapes import NAMES_HELP, SHAPES, Shape, parse_shapes, parse_tokens
 from moefuse_bench.timing import L2Flush, Timing, event_samples, forward_runner, host_seconds
 
@@ -104,15 +103,6 @@ def time_case(layers: dict[str, Any], shape: Shape, tokens: int, stream, flush: 
     )
 
 
-def expert_layer(package: ModuleType, w1, w2, weights: str) -> Any:
-    """`package`'s layer over w1, w2, or with fp8 `weights` over their block-scaled e4m3 form (as
-    bench.py --weights fp8 quantises them, with the current package's quantiser)."""
-    if weights == "bf16":
-        return package.MoELayer(w1, w2)
-    (q1, s1), (q2, s2) = (quantize_weights(w, "block") for w in (w1, w2))
-    return package.MoELayer(q1, q2, w1_scale=s1, w2_scale=s2)
-
-
 def host_us(layer, case, out, stream, calls: int) -> float | None:
     """Microseconds the host spends issuing one eager forward: `calls` back to back, no sync."""
     if not calls:
@@ -174,7 +164,8 @@ def main() -> int:
             w1, w2 = random_weights(shape, DTYPES[args.dtype])
             order = ("after", "before") if args.after_first else ("before", "after")
             packages = {"before": before, "after": moefuse}
-            layers = {name: expert_layer(packages[name], w1, w2, args.weights) for name in order}
+            fp8 = args.weights == "fp8"
+            layers = {name: expert_layer(packages[name], w1, w2, fp8=fp8) for name in order}
             for T in args.tokens:
                 try:
                     r = time_case(layers, shape, T, stream, flush, args)
