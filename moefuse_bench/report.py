@@ -82,7 +82,7 @@ def _stage_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not staged:
         return []
     names = list(dict.fromkeys(k for r in staged for k in r["stages"]))
-    lines = ["", "per-step ms, one eager forward (--stages): " + ", ".join(names)]
+    lines = ["", "per-step ms, medians of --reps eager forwards (--stages): " + ", ".join(names)]
     for r in staged:
         cells = " ".join(f"{r['stages'].get(n, float('nan')):.4f}" for n in names)
         lines.append(
