@@ -212,6 +212,27 @@ def test_e4m3_wgmma_assembles_to_qgmma_at_every_width_without_spills(tmp_path):
         assert "HGMMA" not in sass and "STL" not in sass and "LDL" not in sass, f"n{n}"
 
 
+def test_cluster_probe_assembles_to_multicast_loads_and_remote_arrivals(tmp_path):
+    """probes/cluster_probe.cu (TMA multicast across 2-CTA clusters, D30's next step; run by
+    probes/cluster_probe.py on a GPU) builds its four streams on common/cluster.cuh's wrappers: the
+    multicast ones load by UTMALDG.2D.MULTICAST and arrive on the partner's barrier, the single
+    ones do neither; every one syncs the cluster, with no local memory."""
+    source = Path(__file__).parents[1] / "probes" / "cluster_probe.cu"
+    result = _nvrtc.compile_cubin(source, "sm_90a", _sources.source_root(), "cluster_probe")
+    cubin = tmp_path / "cluster_probe.cubin"
+    cubin.write_bytes(result.cubin)
+    functions = {n: f for n, f in sass_functions(cubin).items() if n.startswith("stream_")}
+    assert set(functions) == {
+        f"stream_{form}{check}" for form in ("single", "multicast") for check in ("", "_check")
+    }
+    for name, sass in functions.items():
+        multicast = "multicast" in name
+        assert ("UTMALDG.2D.MULTICAST" in sass) == multicast, name
+        assert ("SYNCS.ARRIVE.TRANS64.RED" in sass) == multicast, f"{name}: the remote arrival"
+        assert "UCGABAR_ARV" in sass and "UCGABAR_WAIT" in sass, name
+        assert "STL" not in sass and "LDL" not in sass, name
+
+
 def test_compile_error_names_the_module_the_architecture_and_the_log(tmp_path):
     """A variant source that does not compile, chosen through moefuse.override as a tool would
     (under a source root of its own, so the checkout's sources and keys stay as they are)."""
