@@ -15,8 +15,6 @@ Exit status 1 if a check fails.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # moefuse from this checkout
+
+from probe_tools import median_ms, sass_functions  # noqa: E402
 
 from moefuse import _nvrtc  # noqa: E402
 
@@ -49,18 +49,11 @@ def compile_probe() -> bytes:
 
 
 def check_sass(cubin: bytes) -> None:
-    tool = shutil.which("cuobjdump") or next(
-        (str(p) for p in Path(np.__file__).parents[1].glob("nvidia/cu*/bin/cuobjdump")), None
-    )
-    if tool is None:
+    functions = sass_functions(cubin)
+    if functions is None:
         report("SASS", "cuobjdump not found: not checked")
         return
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    for function in sass.split("Function : ")[1:]:
-        name = function.split()[0]
+    for name, function in functions.items():
         if not name.startswith("stream_"):
             continue
         multicast = "multicast" in name
@@ -121,27 +114,12 @@ def run(cubin: bytes) -> None:
         equal = sums.get() == expected_sums(host, ctas, iters)
         report(f"{form}: every CTA's tile sums", f"{int(equal.sum())} of {ctas} equal", bool(equal.all()))
         timed, iters = launcher(module, f"stream_{form}", ctas, smem_bytes), 20000
-        ms = _median_ms(lambda timed=timed, desc=desc, iters=iters: timed(desc, count, iters, sums))
+        ms = median_ms(lambda timed=timed, desc=desc, iters=iters: timed(desc, count, iters, sums))
         filled = ctas * iters * TILE_ROWS * ROW_BYTES
         report(
             f"{form}: shared memory filled",
             f"{filled / ms / 1e6:8.0f} GB/s ({ms:.3f} ms), L2 read {filled / sharing / ms / 1e6:8.0f} GB/s",
         )
-
-
-def _median_ms(launch, reps: int = 7) -> float:
-    import cupy
-
-    launch()
-    times = []
-    for _ in range(reps):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        launch()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return float(np.median(times))
 
 
 def main() -> int:

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -31,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # moefuse from this checkout
+
+from probe_tools import median_ms, sass_functions  # noqa: E402
 
 from moefuse import _nvrtc, fp8  # noqa: E402
 from moefuse.reference import relative_error  # noqa: E402
@@ -76,41 +75,18 @@ def compile_probe():
 
 
 def check_sass(cubin: bytes) -> None:
-    tool = shutil.which("cuobjdump") or next(
-        (str(p) for p in Path(np.__file__).parents[1].glob("nvidia/cu*/bin/cuobjdump")), None
-    )
-    if tool is None:
+    functions = sass_functions(cubin)
+    if functions is None:
         report("SASS", "cuobjdump not found: not checked")
         return
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    for function in sass.split("Function : ")[1:]:
-        name = function.split()[0]
+    for name, function in functions.items():
         ok = (
             "QGMMA.64x128x32.F32.E4M3.E4M3" in function and "USETMAXREG" in function and "STL" not in function
         )
         report(f"SASS {name}", f"{function.count('QGMMA')} QGMMA, setmaxnreg, no local memory", ok)
 
 
-def median_ms(run, reps: int = 7) -> float:
-    """Median time of `run()` on CuPy's current stream (one warm-up)."""
-    import cupy
-
-    run()
-    times = []
-    for _ in range(reps):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        run()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return float(np.median(times))
-
-
-def torch_median_ms(run, reps: int = 10) -> float:
+def torchmedian_ms(run, reps: int = 10) -> float:
     import torch
 
     run()
@@ -189,7 +165,7 @@ def run_scaled_mm() -> None:
     b = torch.randn(n, n, device="cuda").to(f8).t()  # column-major, as _scaled_mm wants
     sa, sb = torch.ones(n, 1, device="cuda"), torch.ones(1, n, device="cuda")
     for fast in (True, False):
-        ms = torch_median_ms(
+        ms = torchmedian_ms(
             lambda fast=fast: torch._scaled_mm(a, b, sa, sb, out_dtype=torch.bfloat16, use_fast_accum=fast)
         )
         report(
@@ -221,7 +197,7 @@ def run_scaled_grouped_mm() -> None:
         r = slice(e * per_expert, e * per_expert + 16)
         ref = (x[r].float() * scale_a[r, None]) @ (w[e].float() * scale_b[e][:, None]).T
         errors.append(float((out[r].float() - ref).norm() / ref.norm()))
-    ms = torch_median_ms(grouped)
+    ms = torchmedian_ms(grouped)
     report(
         "torch._scaled_grouped_mm Mixtral GEMM1 T=4096",
         f"{2 * pairs * hidden * rows / ms / 1e9:7.1f} TFLOP/s ({ms:.3f} ms), rel err <= {max(errors):.1e}",
