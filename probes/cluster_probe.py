@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +90,10 @@ def run(cubin: bytes) -> None:
 
     from moefuse import _tma
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "cluster_probe.cubin"
-        path.write_bytes(cubin)
-        module = cupy.RawModule(path=str(path))
-        smem = cupy.zeros(1, np.int32)
-        module.get_function("smem_bytes")((1,), (1,), (smem,))
+    module = cupy.cuda.function.Module()  # as moefuse loads its modules: functions with a .ptr
+    module.load(cubin)
+    smem = cupy.zeros(1, np.int32)
+    module.get_function("smem_bytes")((1,), (1,), (smem,))
     smem_bytes = int(smem.get()[0])
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     ctas = props["multiProcessorCount"] // 2 * 2

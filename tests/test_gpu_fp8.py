@@ -25,6 +25,17 @@ def _relative(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
+def _e4m3_steps(got, want) -> np.ndarray:
+    """How many e4m3 codes apart each pair of bytes is: the codes of one sign run in the order of
+    their values, so a code's ordinal is its magnitude bits, negated for a set sign bit."""
+
+    def ordinal(bits):
+        magnitude = (bits & 0x7F).astype(np.int32)
+        return np.where(bits & 0x80, -magnitude, magnitude)
+
+    return np.abs(ordinal(got) - ordinal(want))
+
+
 def run_layer(layer, x, weights, ids, out, fused):
     """The layer's forward, step by step (MoELayer.steps), and the h it quantised: `(h_q bits
     [T*k, I], h_s [T*k, I/64])` by expanded pair, NaN scales where a pair has no row."""
@@ -57,8 +68,9 @@ def test_fp8_layer_matches_the_quantised_reference(
     quantised operands: x quantised as the kernel does (bit for bit, test_gpu_fp8_quant.py), the
     dequantised weights, and the kernel's own h. h is an e4m3 rounding of an f32 sum that the tensor
     cores accumulate in their own order, so about 1% of its bytes land one e4m3 step from the
-    reference's (3e-3 to 5e-3 of h's norm on an H100): h is bounded at 3% of its bytes differing and
-    1e-2 of its norm, and GEMM2 from the kernel's h at the issue's 5e-3."""
+    reference's (3e-3 to 1.1e-2 of h's norm on an H100, the most with few rows): every byte of h
+    is bounded at one step from the reference's and at most 3% of them differing, and GEMM2 from
+    the kernel's h at the issue's 5e-3."""
     import cupy
 
     experts, top_k, hidden, inter = SHAPES[shape]
@@ -90,14 +102,8 @@ def test_fp8_layer_matches_the_quantised_reference(
     x_q, x_s = reference.quantize_groups(x, fp8.Fp8Format.of(w1_s).x_group(hidden))
     want_q, want_s = reference.moe_fp8_h(x_q, x_s, w1_q, w1_s, ids, b1)
     rows = ~np.isnan(want_s[:, 0])  # pairs routed to the layer
-    differ = h_q[rows] != want_q.view(np.uint8)[rows]
-    h_error = _relative(
-        *(
-            reference.dequantize_groups(q, s_, fp8.H_GROUP)[rows]
-            for q, s_ in ((h_q.view(fp8.E4M3), h_s), (want_q, want_s))
-        )
-    )
-    assert differ.mean() < 0.03 and h_error < 1e-2, (differ.mean(), h_error)
+    steps = _e4m3_steps(h_q[rows], want_q.view(np.uint8)[rows])
+    assert steps.max() <= 1 and (steps > 0).mean() < 0.03, (steps.max(), (steps > 0).mean())
     assert _relative(h_s[rows], want_s[rows]) < 1e-3
 
     want = reference.moe_fp8_from_h(h_q.view(fp8.E4M3), h_s, w2_q, w2_s, weights, ids, b2)
