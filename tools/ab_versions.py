@@ -3,7 +3,7 @@
     tools/prepare_before.sh REV build/before    # REV's package as build/before/moefuse_before
     python tools/ab_versions.py --before build/before [--shape mixtral,deepseek,qwen3]
         [--tokens 1,16,128,1024,4096,16384] [--weights bf16|fp8] [--rounds 5] [--reps 20]
-        [--sets 4] [--json FILE]
+        [--sets 4] [--stages] [--json FILE]
 
 DIR holds a copy of an older package renamed `moefuse_before` (relative imports only) and its
 `cuda_src` beside it, where the old package looks for its sources. Both packages build a MoELayer
@@ -14,9 +14,11 @@ replays for T <= 128 (eager above, as bench.py). Medians per case over all round
 must agree (relative error < 1e-2 in fp32). Prints one line per case (before ms, after ms,
 after/before), then the worst and the median ratio, and the GPU; exits 1 if outputs disagree or
 a case fails. `--host-calls N` adds each package's host time per eager call (N calls back to
-back, no sync). The default grid (3 shapes x 6 token counts) took 40 s of an H100 (2026-12-06),
-both packages' kernel compiles included. Pointed at a copy of the current tree
-(prepare_before.sh HEAD), it measures the noise of the method itself.
+back, no sync). `--stages` adds each step's median (`MoELayer.steps`, eager, events between the
+steps, rounds alternating as above) for the steps both packages name alike. The default grid (3
+shapes x 6 token counts) took 40 s of an H100 (2026-12-06), both packages' kernel compiles
+included. Pointed at a copy of the current tree (prepare_before.sh HEAD), it measures the noise of
+the method itself.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ from moefuse_bench.device import free_pools, short
 from moefuse_bench.dtypes import rel_err
 from moefuse_bench.problems import DTYPES, expert_layer, make_case, random_weights
 from moefuse_bench.shapes import NAMES_HELP, SHAPES, Shape, parse_shapes, parse_tokens
-from moefuse_bench.timing import L2Flush, Timing, event_samples, forward_runner, host_seconds
+from moefuse_bench.timing import (
+    L2Flush,
+    Timing,
+    event_samples,
+    forward_runner,
+    host_seconds,
+    layer_step_samples,
+)
 
 MAX_REL_ERR = 1e-2
 
@@ -71,6 +80,8 @@ class Result:
     rel_err: float  # ||after - before|| / ||before|| on the first input set, fp32
     before_host_us: float | None = None  # host time of one eager call (--host-calls)
     after_host_us: float | None = None
+    before_steps: dict[str, float] | None = None  # each step's median ms (--stages)
+    after_steps: dict[str, float] | None = None
 
     @property
     def ratio(self) -> float:
@@ -98,9 +109,34 @@ def time_case(layers: dict[str, Any], shape: Shape, tokens: int, stream, flush: 
     mode = "/".join(dict.fromkeys(mode for _, mode in runs.values()))  # one, unless a capture failed
     median = {name: statistics.median(ms) for name, ms in samples.items()}
     host = {name: host_us(layer, case, outs[name], stream, args.host_calls) for name, layer in layers.items()}
+    steps = step_medians(layers, case, outs, stream, timing, flush, args.rounds) if args.stages else {}
     return Result(
-        shape.name, tokens, mode, median["before"], median["after"], err, host["before"], host["after"]
+        shape.name,
+        tokens,
+        mode,
+        median["before"],
+        median["after"],
+        err,
+        host["before"],
+        host["after"],
+        steps.get("before"),
+        steps.get("after"),
     )
+
+
+def step_medians(layers, case, outs, stream, timing: Timing, flush: L2Flush, rounds: int) -> dict:
+    """Each layer's median ms per step of an eager forward on the first input set, over `rounds`
+    rounds alternating the layers."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in layers}
+    for _ in range(rounds):
+        for name, layer in layers.items():
+            got = layer_step_samples(layer, case.sets[0], stream, timing, flush, out=outs[name])
+            for step, ms in got.items():
+                samples[name].setdefault(step, []).extend(ms)
+    return {
+        name: {step: statistics.median(ms) for step, ms in by_step.items()}
+        for name, by_step in samples.items()
+    }
 
 
 def host_us(layer, case, out, stream, calls: int) -> float | None:
@@ -113,10 +149,15 @@ def host_us(layer, case, out, stream, calls: int) -> float | None:
 def line(r: Result) -> str:
     disagree = "" if r.rel_err < MAX_REL_ERR else "  OUTPUTS DISAGREE"
     host = "" if r.after_host_us is None else f"  host us {r.before_host_us:.0f} -> {r.after_host_us:.0f}"
-    return (
+    text = (
         f"{r.shape:9} T={r.T:6}  {r.mode:5}  before {r.before_ms:9.4f} ms  after {r.after_ms:9.4f} ms  "
         f"after/before {r.ratio:.3f}  rel err {r.rel_err:.1e}{host}{disagree}"
     )
+    if r.before_steps is not None:
+        common = [step for step in r.after_steps if step in r.before_steps]
+        cells = (f"{s} {r.before_steps[s]:.4f} -> {r.after_steps[s]:.4f}" for s in common)
+        text += "\n    steps ms, before -> after: " + ", ".join(cells)
+    return text
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,6 +176,7 @@ def parse_args() -> argparse.Namespace:
     add("--rest", type=float, default=0.5, help="idle seconds before each measurement (as bench.py)")
     add("--after-first", action="store_true", help="build and run the current package first")
     add("--host-calls", type=int, default=0, help="also time the host side of N eager calls per package")
+    add("--stages", action="store_true", help="also time each step of the forward (MoELayer.steps)")
     add("--json", metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args()
     try:
