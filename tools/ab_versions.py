@@ -48,6 +48,7 @@ from moefuse_bench.timing import (
     forward_runner,
     host_seconds,
     layer_step_samples,
+    medians,
 )
 
 MAX_REL_ERR = 1e-2
@@ -133,10 +134,7 @@ def step_medians(layers, case, outs, stream, timing: Timing, flush: L2Flush, rou
             got = layer_step_samples(layer, case.sets[0], stream, timing, flush, out=outs[name])
             for step, ms in got.items():
                 samples[name].setdefault(step, []).extend(ms)
-    return {
-        name: {step: statistics.median(ms) for step, ms in by_step.items()}
-        for name, by_step in samples.items()
-    }
+    return {name: medians(by_step) for name, by_step in samples.items()}
 
 
 def host_us(layer, case, out, stream, calls: int) -> float | None:
