@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # moefuse from this checkout
 
-from probe_tools import median_ms, sass_functions  # noqa: E402
+from probe_tools import check_sass, median_ms  # noqa: E402
 
 from moefuse import _nvrtc  # noqa: E402
 
@@ -47,18 +47,15 @@ def compile_probe() -> bytes:
     return result.cubin
 
 
-def check_sass(cubin: bytes) -> None:
-    functions = sass_functions(cubin)
-    if functions is None:
-        report("SASS", "cuobjdump not found: not checked")
-        return
-    for name, function in functions.items():
-        if not name.startswith("stream_"):
-            continue
-        multicast = "multicast" in name
-        ok = ("UTMALDG.2D.MULTICAST" in function) == multicast and "UCGABAR_WAIT" in function
-        ok = ok and ("SYNCS.ARRIVE.TRANS64.RED" in function) == multicast  # the remote arrival
-        report(f"SASS {name}", "multicast load, remote arrive" if multicast else "plain load", ok)
+def stream_verdict(name: str, function: str) -> tuple[str, bool] | None:
+    """The streams' SASS: every one syncs the cluster; the multicast ones load by
+    UTMALDG.2D.MULTICAST and arrive on the partner's barrier, the single ones do neither."""
+    if not name.startswith("stream_"):
+        return None
+    multicast = "multicast" in name
+    ok = ("UTMALDG.2D.MULTICAST" in function) == multicast and "UCGABAR_WAIT" in function
+    ok = ok and ("SYNCS.ARRIVE.TRANS64.RED" in function) == multicast  # the remote arrival
+    return ("multicast load, remote arrive" if multicast else "plain load"), ok
 
 
 def expected_sums(tiles: np.ndarray, ctas: int, iters: int) -> np.ndarray:
@@ -124,7 +121,7 @@ def main() -> int:
     parser.add_argument("--compile-only", action="store_true", help="compile and check the SASS, no GPU")
     args = parser.parse_args()
     cubin = compile_probe()
-    check_sass(cubin)
+    check_sass(cubin, report, stream_verdict)
     if not args.compile_only:
         run(cubin)
     print("failures: " + (", ".join(failures) or "none"))

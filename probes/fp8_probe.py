@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # moefuse from this checkout
 
-from probe_tools import median_ms, sass_functions  # noqa: E402
+from probe_tools import check_sass, median_ms  # noqa: E402
 
 from moefuse import _nvrtc, fp8  # noqa: E402
 from moefuse.reference import relative_error  # noqa: E402
@@ -74,16 +74,9 @@ def compile_probe():
     return result.cubin
 
 
-def check_sass(cubin: bytes) -> None:
-    functions = sass_functions(cubin)
-    if functions is None:
-        report("SASS", "cuobjdump not found: not checked")
-        return
-    for name, function in functions.items():
-        ok = (
-            "QGMMA.64x128x32.F32.E4M3.E4M3" in function and "USETMAXREG" in function and "STL" not in function
-        )
-        report(f"SASS {name}", f"{function.count('QGMMA')} QGMMA, setmaxnreg, no local memory", ok)
+def qgmma_verdict(name: str, function: str) -> tuple[str, bool]:
+    ok = "QGMMA.64x128x32.F32.E4M3.E4M3" in function and "USETMAXREG" in function and "STL" not in function
+    return f"{function.count('QGMMA')} QGMMA, setmaxnreg, no local memory", ok
 
 
 def torchmedian_ms(run, reps: int = 10) -> float:
@@ -241,7 +234,7 @@ def main() -> int:
     args = parser.parse_args()
     cubin = compile_probe()
     if args.compile_only:
-        check_sass(cubin)
+        check_sass(cubin, report, qgmma_verdict)
     else:
         import cupy
 

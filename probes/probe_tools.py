@@ -1,4 +1,4 @@
-"""What the probes share: the SASS of a cubin by function, and CUDA-event medians."""
+"""What the probes share: the SASS of a cubin by function and its check, and CUDA-event medians."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ def sass_functions(cubin: bytes) -> dict[str, str] | None:
         f.flush()
         sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     return {function.split()[0]: function for function in sass.split("Function : ")[1:]}
+
+
+def check_sass(cubin: bytes, report, verdict) -> None:
+    """`report(what, result, ok)` for each function of the cubin that `verdict(name, sass)` judges
+    (it returns `(result, ok)`, or None to pass a function by); one line where no cuobjdump is
+    installed."""
+    functions = sass_functions(cubin)
+    if functions is None:
+        report("SASS", "cuobjdump not found: not checked")
+        return
+    for name, function in functions.items():
+        judged = verdict(name, function)
+        if judged is not None:
+            report(f"SASS {name}", *judged)
 
 
 def median_ms(run, reps: int = 7) -> float:
